@@ -1,0 +1,1 @@
+"""Data: readers, instruction/preference formats, cleaning, dedup, decontamination, cards."""

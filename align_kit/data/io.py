@@ -1,0 +1,151 @@
+"""Read records from local files with errors that name file, row and what was wrong.
+
+Supported: ``.json`` (a list of objects), ``.jsonl`` / ``.jsonl.gz``, ``.csv`` / ``.tsv``
+(header row unless ``columns`` is given), ``.parquet``, and ``.txt`` (see :func:`read_text_documents`).
+Rows are numbered from 1 in messages (for JSONL the line number, for JSON the list index + 1).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from align_kit.errors import DataError
+
+SUFFIXES = (".json", ".jsonl", ".jsonl.gz", ".json.gz", ".csv", ".tsv", ".parquet", ".txt", ".txt.gz")
+
+
+def file_kind(path: str | Path) -> str:
+    """The reader a path needs.
+
+    >>> file_kind("a/b.jsonl.gz"), file_kind("x.TSV"), file_kind("d.json")
+    ('jsonl', 'tsv', 'json')
+    """
+    name = str(path).lower()
+    for suffix, kind in ((".jsonl.gz", "jsonl"), (".json.gz", "json"), (".jsonl", "jsonl"), (".json", "json"),
+                         (".csv", "csv"), (".tsv", "tsv"), (".parquet", "parquet"), (".txt.gz", "txt"), (".txt", "txt")):
+        if name.endswith(suffix):
+            return kind
+    raise DataError(str(path), None, None, f"suffix of '{Path(path).name}'", f"one of {', '.join(SUFFIXES)}")
+
+
+def _read_text(path: Path) -> str:
+    """Whole file as UTF-8 text; gzip by suffix; clear errors for truncated gzip and non-UTF-8 bytes."""
+    if not path.exists():
+        raise DataError(str(path), None, None, "no such file", "an existing data file")
+    raw: bytes
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (EOFError, OSError, zlib.error) as exc:
+        raise DataError(str(path), None, None, f"a damaged gzip stream ({exc})", "a complete gzip file") from None
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]  # a UTF-8 byte-order mark is harmless: drop it rather than fail on row 1
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        hint = " (it looks like GBK/GB18030: re-save the file as UTF-8, e.g. iconv -f GB18030 -t UTF-8)"
+        try:
+            raw.decode("gb18030")
+        except UnicodeDecodeError:
+            hint = ""
+        raise DataError(str(path), line, None, f"bytes that are not UTF-8 at offset {exc.start}",
+                        "UTF-8 text" + hint) from None
+
+
+def read_records(path: str | Path, columns: list[str] | None = None) -> Iterator[tuple[int, dict]]:
+    """Yield ``(row_number, record)`` from a json/jsonl/csv/tsv/parquet file.
+
+    ``columns`` names the fields of a header-less csv/tsv (e.g. FLAN's ``question, answer, rationale``).
+    Each record must be a JSON object; anything else is a :class:`DataError` naming the row.
+    """
+    path = Path(path)
+    kind = file_kind(path)
+    if kind == "parquet":
+        yield from _read_parquet(path)
+        return
+    text = _read_text(path)
+    if kind == "json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(str(path), exc.lineno, None, f"invalid JSON ({exc.msg}, column {exc.colno})",
+                            "a JSON list of objects (for one object per line use .jsonl)") from None
+        if isinstance(data, dict):
+            data = next((v for v in data.values() if isinstance(v, list)), None) if len(data) == 1 else None
+        if not isinstance(data, list):
+            raise DataError(str(path), None, None, "a JSON value that is not a list", "a JSON list of objects")
+        for i, rec in enumerate(data, start=1):
+            if not isinstance(rec, dict):
+                raise DataError(str(path), i, None, f"a {type(rec).__name__}", "a JSON object")
+            yield i, rec
+    elif kind == "jsonl":
+        for i, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(str(path), i, None, f"invalid JSON ({exc.msg}, column {exc.colno})",
+                                "one complete JSON object per line") from None
+            if not isinstance(rec, dict):
+                raise DataError(str(path), i, None, f"a JSON {type(rec).__name__}", "a JSON object")
+            yield i, rec
+    elif kind in ("csv", "tsv"):
+        reader = csv.reader(io.StringIO(text), delimiter="\t" if kind == "tsv" else ",")
+        header = columns
+        for i, cells in enumerate(reader, start=1):
+            if header is None:
+                header = cells
+                continue
+            if not any(c.strip() for c in cells):
+                continue
+            if len(cells) != len(header):
+                raise DataError(str(path), i, None, f"{len(cells)} cells", f"{len(header)} cells ({', '.join(header)})")
+            yield i, dict(zip(header, cells))
+    else:
+        raise DataError(str(path), None, None, "a plain-text file", "json, jsonl, csv, tsv or parquet records")
+
+
+def _read_parquet(path: Path) -> Iterator[tuple[int, dict]]:
+    import pyarrow.parquet as pq
+
+    if not path.exists():
+        raise DataError(str(path), None, None, "no such file", "an existing data file")
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several types for damaged files
+        raise DataError(str(path), None, None, f"an unreadable parquet file ({exc})", "a valid parquet file") from None
+    for i, rec in enumerate(table.to_pylist(), start=1):
+        yield i, rec
+
+
+def read_text_documents(path: str | Path, split: str = "line") -> Iterator[tuple[int, str]]:
+    """Yield ``(row_number, document)`` from a text file.
+
+    ``split="line"``: one document per non-empty line; ``split="blank"``: documents separated by blank lines
+    (row number = first line of the document).
+    """
+    text = _read_text(Path(path))
+    if split == "line":
+        for i, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                yield i, line
+    elif split == "blank":
+        buf: list[str] = []
+        start = 1
+        for i, line in enumerate(text.splitlines() + [""], start=1):
+            if line.strip():
+                if not buf:
+                    start = i
+                buf.append(line)
+            elif buf:
+                yield start, "\n".join(buf)
+                buf = []
+    else:
+        raise DataError(str(path), None, "split", repr(split), "'line' or 'blank'")

@@ -1,0 +1,23 @@
+"""Shared fixtures: offline mode, ../shared location, a tiny Llama model and tokenizer built in process."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_DISABLED", "true")
+
+SHARED = Path(os.environ.get("ALIGN_KIT_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    """Path of ../shared (real data, tokenizers, stories260K); skips the test when absent."""
+    if not (SHARED / "README.md").exists():
+        pytest.skip(f"../shared is absent (looked in {SHARED.name}/ beside the project); CI has it")
+    return SHARED
