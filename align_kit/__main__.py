@@ -1,0 +1,5 @@
+import sys
+
+from align_kit.cli import main
+
+sys.exit(main())

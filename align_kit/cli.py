@@ -1,0 +1,51 @@
+"""``align-kit`` command line. Errors caused by the user print one line and exit 2; ``--debug`` shows tracebacks."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from align_kit.commands import MODULES
+from align_kit.errors import AlignKitError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="align-kit", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    data = sub.add_parser("data", help="convert, inspect, clean, dedup and decontaminate data")
+    data_sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
+    for name in MODULES:
+        try:
+            module = importlib.import_module(f"align_kit.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"align_kit.commands.{name}":
+                raise
+            continue  # a command group not built yet
+        module.register(sub, data_sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except AlignKitError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
