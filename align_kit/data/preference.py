@@ -1,0 +1,290 @@
+"""Preference data in five input formats -> one schema (TRL's conversational preference type).
+
+Paired output: ``{"prompt": [messages], "chosen": [{"role": "assistant", ...}], "rejected": [...]}`` plus an
+optional ``"margin"``. Unpaired output (KTO): ``{"prompt": [...], "completion": [...], "label": bool}``.
+
+Input formats (detected from the columns of the first record, or named with ``fmt``):
+
+=====================  ==========================================================================
+``hh-rlhf``            ``chosen`` / ``rejected`` whole transcripts with ``\\n\\nHuman:`` / ``\\n\\nAssistant:`` turns
+``prompt-chosen-rejected``  ``prompt`` + ``chosen`` + ``rejected`` as strings or messages; without ``prompt``
+                       the two message lists share an implicit prompt
+``sharegpt``           ``conversations`` (``from``/``value`` turns) + ``chosen`` / ``rejected`` turns
+``paired-answers``     ``question``, ``response_j``, ``response_k`` (j is preferred)
+``unpaired``           ``prompt``, ``completion``, ``label`` (true = desirable)
+=====================  ==========================================================================
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+from align_kit.data.io import read_records
+from align_kit.errors import DataError, SkipReport, describe
+
+FORMATS = ("hh-rlhf", "prompt-chosen-rejected", "sharegpt", "paired-answers", "unpaired")
+_ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant",
+          "model": "assistant", "bot": "assistant"}
+_HH_TURN = re.compile(r"\n\n(Human|Assistant):")
+
+
+def detect_format(record: dict, source: str = "<records>", row: int | None = 1) -> str:
+    """Name of the preference format a record's columns indicate.
+
+    >>> detect_format({"chosen": "\\n\\nHuman: hi\\n\\nAssistant: a", "rejected": "\\n\\nHuman: hi\\n\\nAssistant: b"})
+    'hh-rlhf'
+    >>> detect_format({"question": "q", "response_j": "a", "response_k": "b"})
+    'paired-answers'
+    >>> detect_format({"prompt": "q", "completion": "a", "label": True})
+    'unpaired'
+    """
+    keys = set(record)
+    if {"prompt", "completion", "label"} <= keys:
+        return "unpaired"
+    if {"question", "response_j", "response_k"} <= keys:
+        return "paired-answers"
+    if {"conversations", "chosen", "rejected"} <= keys:
+        return "sharegpt"
+    if {"chosen", "rejected"} <= keys:
+        if "prompt" not in keys and isinstance(record["chosen"], str):
+            return "hh-rlhf"
+        return "prompt-chosen-rejected"
+    raise DataError(source, row, None, f"columns {sorted(keys)[:8]}",
+                    "the columns of a preference format (" + ", ".join(FORMATS) + ")")
+
+
+def parse_hh_transcript(text: object, source: str = "<hh>", row: int | None = None,
+                        field: str = "chosen") -> list[dict]:
+    """Split an HH-RLHF transcript into messages.
+
+    Consecutive turns of one speaker are joined with a blank line: a few HH transcripts have the assistant
+    speak twice in a row, and chat templates need user/assistant alternation.
+
+    >>> parse_hh_transcript("\\n\\nHuman: Hi?\\n\\nAssistant: Hello.\\n\\nAssistant: How can I help?")
+    [{'role': 'user', 'content': 'Hi?'}, {'role': 'assistant', 'content': 'Hello.\\n\\nHow can I help?'}]
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise DataError(source, row, field, describe(text), "a non-empty transcript")
+    if text.startswith(("Human:", "Assistant:")):  # a few rows lose the leading blank line
+        text = "\n\n" + text
+    parts = _HH_TURN.split(text)
+    if parts[0].strip():
+        raise DataError(source, row, field, describe(parts[0]), "a transcript starting with a Human: turn")
+    turns: list[dict] = []
+    for tag, content in zip(parts[1::2], parts[2::2]):
+        role = "user" if tag == "Human" else "assistant"
+        content = content.strip()
+        if turns and turns[-1]["role"] == role:
+            turns[-1]["content"] = (turns[-1]["content"] + "\n\n" + content).strip()
+        else:
+            turns.append({"role": role, "content": content})
+    return turns
+
+
+def split_shared_prompt(chosen: list[dict], rejected: list[dict], source: str = "<pair>",
+                        row: int | None = None) -> dict:
+    """Shared prompt = every turn before the last assistant turn; it must be the same in both conversations.
+
+    >>> c = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]
+    >>> r = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "5"}]
+    >>> split_shared_prompt(c, r)["rejected"]
+    [{'role': 'assistant', 'content': '5'}]
+    """
+    for field, turns in (("chosen", chosen), ("rejected", rejected)):
+        if not turns or turns[-1]["role"] != "assistant":
+            raise DataError(source, row, field, describe(turns[-1]["content"] if turns else turns),
+                            "a conversation ending with an assistant turn")
+        if not any(t["role"] == "user" for t in turns[:-1]):
+            raise DataError(source, row, field, "no user turn before the last assistant turn",
+                            "a user turn before the last assistant turn")
+    if chosen[:-1] != rejected[:-1]:
+        at = next((i for i, (a, b) in enumerate(zip(chosen[:-1], rejected[:-1]), 1) if a != b),
+                  min(len(chosen), len(rejected)))
+        raise DataError(source, row, None, f"prompts that differ from turn {at} "
+                        f"({len(chosen) - 1} vs {len(rejected) - 1} prompt turns)",
+                        "chosen and rejected sharing the same prompt")
+    return _pair(chosen[:-1], chosen[-1]["content"], rejected[-1]["content"], source, row)
+
+
+def _pair(prompt: list[dict], chosen: str, rejected: str, source: str, row: int | None) -> dict:
+    for field, text in (("chosen", chosen), ("rejected", rejected)):
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(source, row, field, describe(text), f"a non-empty {field} response")
+    if chosen.strip() == rejected.strip():
+        raise DataError(source, row, "rejected", "the same text as chosen", "different chosen and rejected responses")
+    return {"prompt": prompt, "chosen": [{"role": "assistant", "content": chosen.strip()}],
+            "rejected": [{"role": "assistant", "content": rejected.strip()}]}
+
+
+def _message(obj: object, source: str, row: int | None, field: str) -> dict:
+    """One message from ``{"role", "content"}`` or ShareGPT's ``{"from", "value"}``."""
+    if not isinstance(obj, dict):
+        raise DataError(source, row, field, describe(obj), "a message object with role and content")
+    role = obj.get("role", obj.get("from"))
+    content = obj.get("content", obj.get("value"))
+    if not isinstance(role, str) or role.lower() not in _ROLES:
+        raise DataError(source, row, field, f"role {describe(role)}", "a role of system, user or assistant")
+    if not isinstance(content, str):
+        raise DataError(source, row, field, describe(content), "message content as a string")
+    return {"role": _ROLES[role.lower()], "content": content.strip()}
+
+
+def _messages(value: object, source: str, row: int | None, field: str) -> list[dict]:
+    """A prompt as messages: a plain string is one user turn."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise DataError(source, row, field, describe(value), f"a non-empty {field}")
+        return [{"role": "user", "content": value.strip()}]
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise DataError(source, row, field, describe(value), "a string or a non-empty list of messages")
+    msgs = [_message(m, source, row, field) for m in value]
+    if msgs[-1]["role"] != "user":
+        raise DataError(source, row, field, f"a last turn by {msgs[-1]['role']}", "a prompt ending with a user turn")
+    return msgs
+
+
+def _response(value: object, source: str, row: int | None, field: str) -> str:
+    """A response: a string, one assistant message, or a one-message list."""
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    if isinstance(value, dict):
+        msg = _message(value, source, row, field)
+        if msg["role"] != "assistant":
+            raise DataError(source, row, field, f"a {msg['role']} message", "an assistant message")
+        return msg["content"]
+    if isinstance(value, str):
+        return value
+    raise DataError(source, row, field, describe(value), "a response string or one assistant message")
+
+
+def _margin(record: dict, out: dict, source: str, row: int | None) -> dict:
+    if record.get("margin") is not None:
+        try:
+            out["margin"] = float(record["margin"])
+        except (TypeError, ValueError):
+            raise DataError(source, row, "margin", describe(record["margin"]), "a number") from None
+    return out
+
+
+def _from_pcr(record: dict, source: str, row: int | None) -> dict:
+    if record.get("prompt") in (None, "") and isinstance(record["chosen"], list):
+        chosen = [_message(m, source, row, "chosen") for m in record["chosen"]]
+        rejected = [_message(m, source, row, "rejected") for m in record["rejected"] or []]
+        return split_shared_prompt(chosen, rejected, source, row)
+    prompt = _messages(record.get("prompt"), source, row, "prompt")
+    return _pair(prompt, _response(record["chosen"], source, row, "chosen"),
+                 _response(record["rejected"], source, row, "rejected"), source, row)
+
+
+def _from_sharegpt(record: dict, source: str, row: int | None) -> dict:
+    prompt = _messages(record["conversations"], source, row, "conversations")
+    if isinstance(record.get("system"), str) and record["system"].strip() and prompt[0]["role"] != "system":
+        prompt.insert(0, {"role": "system", "content": record["system"].strip()})
+    return _pair(prompt, _response(record["chosen"], source, row, "chosen"),
+                 _response(record["rejected"], source, row, "rejected"), source, row)
+
+
+def _label(value: object, source: str, row: int | None) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
+        return value.strip().lower() in ("true", "1")
+    raise DataError(source, row, "label", describe(value), "a boolean label (true = desirable)")
+
+
+def to_preference(record: dict, fmt: str | None = None, source: str = "<records>", row: int | None = None) -> dict:
+    """Convert one record to the paired (or, for ``unpaired``, the KTO) schema; raises DataError.
+
+    >>> to_preference({"question": "2+2?", "response_j": "4", "response_k": "5"})["chosen"]
+    [{'role': 'assistant', 'content': '4'}]
+    >>> to_preference({"prompt": "2+2?", "completion": "5", "label": "false"})["label"]
+    False
+    """
+    fmt = fmt or detect_format(record, source, row)
+    if fmt not in FORMATS:
+        raise DataError(source, None, "format", repr(fmt), "one of " + ", ".join(FORMATS))
+    if fmt == "hh-rlhf":
+        chosen = parse_hh_transcript(record.get("chosen"), source, row, "chosen")
+        rejected = parse_hh_transcript(record.get("rejected"), source, row, "rejected")
+        return _margin(record, split_shared_prompt(chosen, rejected, source, row), source, row)
+    if fmt == "prompt-chosen-rejected":
+        return _margin(record, _from_pcr(record, source, row), source, row)
+    if fmt == "sharegpt":
+        return _margin(record, _from_sharegpt(record, source, row), source, row)
+    if fmt == "paired-answers":
+        prompt = _messages(record.get("question"), source, row, "question")
+        out = _pair(prompt, _response(record.get("response_j"), source, row, "response_j"),
+                    _response(record.get("response_k"), source, row, "response_k"), source, row)
+        return _margin(record, out, source, row)
+    completion = _response(record.get("completion"), source, row, "completion")
+    if not completion.strip():
+        raise DataError(source, row, "completion", describe(completion), "a non-empty completion")
+    return {"prompt": _messages(record.get("prompt"), source, row, "prompt"),
+            "completion": [{"role": "assistant", "content": completion.strip()}],
+            "label": _label(record.get("label"), source, row)}
+
+
+def convert_records(rows: Iterable[tuple[int, dict]], source: str, fmt: str | None = None,
+                    skip: bool = False) -> tuple[list[dict], SkipReport]:
+    """Convert ``(row, record)`` pairs; strict mode raises the first DataError, skip mode counts it."""
+    report = SkipReport(source)
+    out: list[dict] = []
+    for row, record in rows:
+        try:
+            fmt = fmt or detect_format(record, source, row)
+            out.append(to_preference(record, fmt, source, row))
+        except DataError as err:
+            if not skip:
+                raise
+            report.add(err)
+            continue
+        report.kept += 1
+    return out, report
+
+
+def load_preference(path: str | Path, fmt: str | None = None, skip: bool = False) -> tuple[list[dict], SkipReport]:
+    """Read a preference file of any supported format into the schema (see :func:`convert_records`)."""
+    return convert_records(read_records(path), str(path), fmt, skip)
+
+
+def to_unpaired(pairs: Iterable[dict]) -> list[dict]:
+    """Each pair -> a desirable and an undesirable example (KTO learns from these without pairing).
+
+    >>> p = to_preference({"question": "q", "response_j": "a", "response_k": "b"})
+    >>> [(u["completion"][0]["content"], u["label"]) for u in to_unpaired([p])]
+    [('a', True), ('b', False)]
+    """
+    out = []
+    for pair in pairs:
+        out.append({"prompt": pair["prompt"], "completion": pair["chosen"], "label": True})
+        out.append({"prompt": pair["prompt"], "completion": pair["rejected"], "label": False})
+    return out
+
+
+def split_train_eval(records: list[dict], eval_fraction: float, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """Seeded split by prompt, so that no prompt of the evaluation part is ever trained on.
+
+    >>> recs = [{"prompt": [{"role": "user", "content": str(i % 5)}]} for i in range(10)]
+    >>> tr, ev = split_train_eval(recs, 0.4, seed=1)
+    >>> len(tr) + len(ev), {r["prompt"][0]["content"] for r in tr} & {r["prompt"][0]["content"] for r in ev}
+    (10, set())
+    """
+    if not 0.0 < eval_fraction < 1.0:
+        raise DataError("split", None, "eval_fraction", describe(eval_fraction), "a fraction between 0 and 1")
+    keys = sorted({_prompt_key(r) for r in records})
+    random.Random(seed).shuffle(keys)
+    held = set(keys[: max(1, round(len(keys) * eval_fraction))])
+    train = [r for r in records if _prompt_key(r) not in held]
+    evals = [r for r in records if _prompt_key(r) in held]
+    return train, evals
+
+
+def _prompt_key(record: dict) -> str:
+    return "\x1e".join(f"{m['role']}\x1f{m['content']}" for m in record["prompt"])
