@@ -1,0 +1,137 @@
+"""PPO losses and diagnostics as pure functions.
+
+Shapes: ``B`` responses, ``T`` response tokens, ``V`` vocabulary. ``mask`` is the ``(B, T)``
+response mask (1 = real token, 0 = padding after EOS); every mean is over real tokens of the
+whole batch (token-level averaging), so padded positions never change a result.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from align_kit.ppo.advantages import masked_mean, masked_var
+
+
+class PolicyLoss(NamedTuple):
+    loss: torch.Tensor  # scalar, to minimise
+    clip_fraction: torch.Tensor  # scalar, share of real tokens where the clipped term was chosen
+    approx_kl: torch.Tensor  # scalar, KL(old || new) estimate, for logging and early stopping
+
+
+class ValueLoss(NamedTuple):
+    loss: torch.Tensor  # scalar, to minimise
+    clip_fraction: torch.Tensor  # scalar, share of real tokens where the clipped error was larger
+
+
+def logprobs_of(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    """Log-probabilities of ``token_ids`` (``(B, T)``) under ``logits`` (``(B, T, V)``), as ``(B, T)``.
+
+    >>> logprobs_of(torch.zeros(1, 1, 4), torch.tensor([[2]])).exp().item()   # uniform over 4
+    0.25
+    """
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return torch.gather(logp, -1, token_ids.unsqueeze(-1)).squeeze(-1)
+
+
+def policy_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_range: float,
+    approx_kl_estimator: str = "k3",
+) -> PolicyLoss:
+    """PPO clipped surrogate (Schulman et al. 2017), per token.
+
+    ``ratio = exp(logprobs - old_logprobs)``; the per-token loss is
+    ``max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps))``: the pessimistic bound, so a token whose
+    ratio already moved past ``1 +- eps`` in the direction its advantage favours gives no gradient.
+
+    Args:
+        logprobs: ``(B, T)`` current policy log-probs (with gradient).
+        old_logprobs: ``(B, T)`` log-probs at rollout time.
+        advantages: ``(B, T)`` (usually whitened).
+        mask: ``(B, T)`` response mask.
+        clip_range: epsilon.
+        approx_kl_estimator: ``"k3"`` (``(r - 1) - log r``) or ``"sq"`` (``0.5 * logratio^2``).
+
+    A token counts as clipped only when the clipped term is strictly larger, so ratio exactly at
+    ``1 +- eps`` is not clipped.
+
+    >>> out = policy_loss(torch.log(torch.tensor([[1.5]])), torch.zeros(1, 1), torch.ones(1, 1), torch.ones(1, 1), 0.2)
+    >>> round(out.loss.item(), 6), out.clip_fraction.item()   # max(-1.5, -1.2) = -1.2
+    (-1.2, 1.0)
+    """
+    log_ratio = logprobs - old_logprobs
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    with torch.no_grad():
+        clip_fraction = masked_mean((clipped > unclipped).to(logprobs.dtype), mask)
+        if approx_kl_estimator == "k3":
+            approx = torch.expm1(-log_ratio) + log_ratio  # (r - 1) - log r with r = old/new
+        elif approx_kl_estimator == "sq":
+            approx = 0.5 * log_ratio.square()
+        else:
+            raise ValueError(f"unknown approx-KL estimator {approx_kl_estimator!r}; expected 'k3' or 'sq'")
+        approx_kl = masked_mean(approx, mask)
+    return PolicyLoss(loss, clip_fraction, approx_kl)
+
+
+def value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip_range: float
+) -> ValueLoss:
+    """Clipped value loss: ``0.5 * mean(max((V - R)^2, (V_clip - R)^2))``.
+
+    ``V_clip = old_values + clip(V - old_values, -eps, eps)`` keeps the critic from moving far from its
+    rollout-time predictions in one update; taking the max makes the bound pessimistic, like the
+    policy loss.
+
+    Args:
+        values: ``(B, T)`` current critic values (with gradient).
+        old_values: ``(B, T)`` values at rollout time.
+        returns: ``(B, T)`` GAE returns (the regression target).
+        mask: ``(B, T)`` response mask.
+        clip_range: epsilon for the values (in reward units).
+
+    >>> out = value_loss(torch.tensor([[2.0]]), torch.tensor([[0.0]]), torch.tensor([[3.0]]), torch.ones(1, 1), 0.5)
+    >>> out.loss.item(), out.clip_fraction.item()   # V_clip = 0.5: 0.5 * max(1, 6.25)
+    (3.125, 1.0)
+    """
+    clipped_values = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
+    err_unclipped = (values - returns).square()
+    err_clipped = (clipped_values - returns).square()
+    loss = 0.5 * masked_mean(torch.maximum(err_unclipped, err_clipped), mask)
+    with torch.no_grad():
+        clip_fraction = masked_mean((err_clipped > err_unclipped).to(values.dtype), mask)
+    return ValueLoss(loss, clip_fraction)
+
+
+def entropy_from_logits(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean entropy (nats) of the next-token distributions ``logits`` (``(B, T, V)``) over real tokens.
+
+    ``H = logsumexp(z) - sum softmax(z) * z``, which avoids taking log of tiny probabilities.
+
+    >>> round(entropy_from_logits(torch.zeros(1, 2, 4), torch.tensor([[1, 0]])).item(), 6)   # log 4
+    1.386294
+    """
+    logits = logits.float()
+    probs = torch.softmax(logits, dim=-1)
+    entropy = torch.logsumexp(logits, dim=-1) - (probs * logits).sum(dim=-1)
+    return masked_mean(entropy, mask)
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``1 - Var(returns - values) / Var(returns)`` over real tokens: 1 = perfect critic, 0 = a constant.
+
+    >>> m = torch.ones(1, 3)
+    >>> explained_variance(torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[1.0, 2.0, 3.0]]), m).item()
+    1.0
+    >>> explained_variance(torch.tensor([[2.0, 2.0, 2.0]]), torch.tensor([[1.0, 2.0, 3.0]]), m).item()
+    0.0
+    """
+    var_returns = masked_var(returns, mask)
+    return 1.0 - masked_var(returns - values, mask) / var_returns.clamp(min=1e-12)
