@@ -1,0 +1,51 @@
+"""One PPO batch of experience: what a rollout produced and what GAE derived from it.
+
+Shapes: ``B`` responses (one per prompt), ``P`` prompt tokens (left-padded), ``T`` response tokens
+(right-padded after the EOS). Rows of ``query_ids + response_ids`` are the full sequences the
+policy saw, ``(B, P + T)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+
+@dataclass
+class Experience:
+    query_ids: torch.Tensor  # (B, P) long, prompts left-padded with the pad id
+    query_mask: torch.Tensor  # (B, P) long, 1 = real prompt token
+    response_ids: torch.Tensor  # (B, T) long, sampled tokens cut after the first stop id, then pad ids
+    response_mask: torch.Tensor  # (B, T) long, 1 = real response token (the EOS included)
+    logprobs: torch.Tensor  # (B, T) float, policy log-probs of the response tokens at rollout time
+    ref_logprobs: torch.Tensor  # (B, T) float, reference log-probs of the same tokens
+    values: torch.Tensor  # (B, T) float, critic V(s_t) of the state before response token t
+    scores: torch.Tensor  # (B,) float, reward-model scores after the missing-EOS penalty and normalisation
+    raw_scores: torch.Tensor  # (B,) float, reward-model scores as the model gave them (for logging)
+    ended: torch.Tensor  # (B,) bool, whether the response contains a stop id
+    kl: torch.Tensor | None = None  # (B, T) float, per-token KL estimate used in the reward
+    rewards: torch.Tensor | None = None  # (B, T) float, -kl_coef * kl plus the score at the last real token
+    advantages: torch.Tensor | None = None  # (B, T) float, GAE advantages (whitened when configured)
+    returns: torch.Tensor | None = None  # (B, T) float, advantages + values before whitening: critic target
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        """``(B, P + T)`` full sequences."""
+        return torch.cat([self.query_ids, self.response_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        """``(B, P + T)`` 1 for real prompt and response tokens."""
+        return torch.cat([self.query_mask, self.response_mask], dim=1)
+
+    def __len__(self) -> int:
+        return self.query_ids.shape[0]
+
+    def select(self, index: torch.Tensor) -> Experience:
+        """Rows ``index`` (``(b,)`` longs) of every tensor: a minibatch."""
+        picked = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            picked[f.name] = None if value is None else value[index]
+        return Experience(**picked)
