@@ -1,0 +1,376 @@
+"""Recipes: one YAML file -> typed dataclasses, validated before any model is loaded.
+
+A recipe has ``stage``, ``model``, ``data``, optional ``peft`` and ``quantization``, a ``trainer:`` block
+passed to the stage's TRL config class, and an optional block named after the stage for align_kit's own
+stage options (``dpo: {reference: adapter}``). Unknown keys are errors naming the closest valid key;
+``trainer:`` keys are checked against the TRL config class's fields.
+Paths may use ``${VAR}`` / ``${VAR:-default}`` environment expansion and are relative to the working
+directory. Overrides use dotted keys: ``trainer.learning_rate=1e-4 peft.r=16``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from align_kit.errors import ConfigError
+from align_kit.families import closest
+
+# ----------------------------------------------------------------------------- recipe sections
+
+
+@dataclass
+class ModelArgs:
+    name_or_path: str
+    """Local checkpoint folder, Hub id, or ``builtin:tiny-llama`` (the quickstart model built in process)."""
+    family: str = "auto"
+    """llama | qwen | mistral | glm, or auto (from config.model_type)."""
+    template: str = "auto"
+    """Chat template variant (llama2, llama3, chatml, mistral_v1, mistral_v3, chatglm3, glm4) or auto."""
+    override_template: bool = False
+    """Replace a tokenizer's own chat template even when it has generation markers."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """auto = bfloat16 on a GPU that supports it, else float32."""
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2", "flex_attention"] = "auto"
+    """auto = flash_attention_2 when installed and on CUDA, else sdpa."""
+    trust_remote_code: bool = False
+    """Run Python code shipped with a Hub repository (ChatGLM3). Off unless you trust that repository."""
+    allow_pickle: bool = False
+    """Allow pickle-based weights (.bin/.pt), which can execute code when loaded. Safetensors otherwise."""
+    revision: str | None = None
+    """Hub revision (commit, tag or branch) to pin."""
+    new_tokens: list[str] = field(default_factory=list)
+    """Tokens to add to the vocabulary (pretrain vocabulary extension); embeddings are resized."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, ~30% more compute."""
+    liger_kernels: bool = False
+    """Use Liger fused kernels where the liger-kernel package is installed."""
+
+
+@dataclass
+class DataSource:
+    name: str | None = None
+    """A dataset registered by a card in data_cards/ (its YAML front matter gives source and format)."""
+    path: str | None = None
+    """A local file (json, jsonl, jsonl.gz, csv, tsv, parquet, txt) or a Hub dataset id (hub: prefix)."""
+    split: str = "train"
+    """Split of a carded or Hub dataset."""
+    format: str = "auto"
+    """alpaca | flan | sharegpt | messages | hh_rlhf | preference | paired | unpaired | text | auto."""
+    columns: dict[str, str] = field(default_factory=dict)
+    """Rename columns of the source to the format's names, e.g. {instruction: prompt}."""
+    weight: float = 1.0
+    """Mixing weight relative to the other sources (rows are sampled in proportion)."""
+    max_rows: int | None = None
+    """Take at most this many rows (after conversion)."""
+    text_split: Literal["line", "blank"] = "line"
+    """For .txt: one document per line, or documents separated by blank lines."""
+    text_field: str = "text"
+    """For pretraining jsonl/parquet: the column holding the text."""
+
+
+@dataclass
+class DataArgs:
+    train: list[DataSource]
+    """Training sources (mixed by weight)."""
+    eval: list[DataSource] = field(default_factory=list)
+    """Held-out sources; when empty, ``eval_fraction`` of the training rows is held out."""
+    eval_fraction: float = 0.05
+    """Share of training rows held out for evaluation when no eval source is given (0 disables)."""
+    on_bad_row: Literal["error", "skip"] = "error"
+    """error: stop at the first bad row, naming file, row and field. skip: drop and count by reason."""
+    seed: int = 0
+    """Seed of the held-out split and the mixture sampling."""
+
+
+@dataclass
+class PeftArgs:
+    method: Literal["lora"] = "lora"
+    r: int = 16
+    """LoRA rank."""
+    alpha: int = 32
+    """LoRA scaling numerator: the update is scaled by alpha / r."""
+    dropout: float = 0.05
+    target_modules: list[str] | str = "auto"
+    """Module names to adapt, or auto (the family's attention + MLP projections)."""
+    modules_to_save: list[str] = field(default_factory=list)
+    """Modules trained in full beside the adapters (e.g. embed_tokens, lm_head after adding tokens)."""
+
+
+@dataclass
+class QuantArgs:
+    bits: Literal[4, 8] = 4
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+    """Quantise the quantisation constants too (QLoRA): ~0.4 bit/parameter saved."""
+    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+
+@dataclass
+class Recipe:
+    stage: str
+    model: ModelArgs
+    data: DataArgs | None = None
+    peft: PeftArgs | None = None
+    quantization: QuantArgs | None = None
+    trainer: dict[str, Any] = field(default_factory=dict)
+    """Passed to the stage's trainer config class (TRL's SFTConfig, DPOConfig, ...)."""
+    options: Any = None
+    """The stage's own options (the block named after the stage), a dataclass of the stage module."""
+    output_dir: str = "runs/output"
+    seed: int = 42
+    source: str | None = None
+    """The file the recipe came from (set by the loader)."""
+
+    def trainer_config(self, **extra):
+        """Instantiate the stage's trainer config with output_dir and seed filled in."""
+        from align_kit.stages import get_stage
+
+        cls = get_stage(self.stage).TRAINER_CONFIG
+        kwargs = {"output_dir": self.output_dir, "seed": self.seed, "report_to": "none", **self.trainer, **extra}
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in kwargs.items() if k in names})
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out.pop("source", None)
+        out[self.stage] = out.pop("options")
+        return out
+
+
+# ----------------------------------------------------------------------------- strict dataclass loading
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _check_value(value, tp, where: str):
+    """Check/convert ``value`` against annotation ``tp``; returns the converted value."""
+    origin = typing.get_origin(tp)
+    if tp is Any or tp is typing.Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_value(value, arg, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{where}: expected {' or '.join(_type_name(a) for a in args)}, found {value!r}")
+    if origin is Literal:
+        options = typing.get_args(tp)
+        if value not in options:
+            hint = closest(str(value), [str(o) for o in options])
+            raise ConfigError(f"{where}: expected one of {', '.join(map(str, options))}, found {value!r}"
+                              + (f" (did you mean '{hint}'?)" if hint else ""))
+        return value
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, where)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, found {value!r}")
+        (item_tp, *_) = typing.get_args(tp) or (Any,)
+        return [_check_value(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, found {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, found {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, found {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, found {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, found {value!r}")
+        return value
+    return value  # an annotation we do not check (enums, callables): the config class validates it
+
+
+def build(cls, data, where: str = "recipe"):
+    """Build dataclass ``cls`` from a mapping; unknown keys and wrong types are errors.
+
+    >>> build(PeftArgs, {"r": 8}).r
+    8
+    >>> build(PeftArgs, {"rank": 8})
+    Traceback (most recent call last):
+    align_kit.errors.ConfigError: recipe: unknown key 'rank' (did you mean 'r'?)
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of {cls.__name__} fields, found {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    for key in data:
+        if key not in fields:
+            hint = closest(str(key), fields)
+            raise ConfigError(f"{where}: unknown key '{key}'" + (f" (did you mean '{hint}'?)" if hint else "")
+                              + f"; valid keys: {', '.join(fields)}")
+    kwargs = {}
+    for name, f in fields.items():
+        key = f"{where}.{name}" if where != "recipe" else name
+        if name in data:
+            kwargs[name] = _check_value(data[name], hints[name], key)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{key}: required key is missing")
+    return cls(**kwargs)
+
+
+# ----------------------------------------------------------------------------- YAML, env, overrides
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(value):
+    """Expand ``${VAR}`` and ``${VAR:-default}`` in strings, recursively.
+
+    >>> os.environ.pop("ALIGN_KIT_DOCTEST", None); expand_env({"p": "${ALIGN_KIT_DOCTEST:-../shared}/x"})
+    {'p': '../shared/x'}
+    """
+    if isinstance(value, str):
+        def sub(m):
+            if m.group(1) in os.environ:
+                return os.environ[m.group(1)]
+            if m.group(2) is not None:
+                return m.group(2)
+            raise ConfigError(f"environment variable {m.group(1)} is not set (used as ${{{m.group(1)}}} in the recipe)")
+        return _ENV.sub(sub, value)
+    if isinstance(value, list):
+        return [expand_env(v) for v in value]
+    if isinstance(value, dict):
+        return {k: expand_env(v) for k, v in value.items()}
+    return value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b=value`` overrides (values parsed as YAML).
+
+    >>> apply_overrides({"trainer": {}}, ["trainer.learning_rate=1e-4", "peft.r=16"])
+    {'trainer': {'learning_rate': 0.0001}, 'peft': {'r': 16}}
+    """
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}': expected dotted.key=value, e.g. trainer.learning_rate=1e-4")
+        key, text = item.split("=", 1)
+        value = yaml.safe_load(text) if text.strip() else ""
+        if isinstance(value, str) and re.fullmatch(r"[-+]?\d*\.?\d+[eE][-+]?\d+", value):
+            value = float(value)  # YAML 1.1 reads 1e-4 as a string
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}': '{part}' is not a mapping in the recipe")
+        node[parts[-1]] = value
+    return raw
+
+
+def _fix_floats(value):
+    """YAML 1.1 reads ``1e-4`` (no dot) as a string; recipes mean a number."""
+    if isinstance(value, str) and re.fullmatch(r"[-+]?\d*\.?\d+[eE][-+]?\d+", value):
+        return float(value)
+    if isinstance(value, list):
+        return [_fix_floats(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _fix_floats(v) for k, v in value.items()}
+    return value
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read, override, expand and validate a recipe file. Nothing heavy is loaded."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: recipe file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))  # safe_load: no Python objects from YAML
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with stage, model, data, trainer; found {type(raw).__name__}")
+    try:
+        return recipe_from_dict(apply_overrides(raw, overrides or []), source=str(path))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def recipe_from_dict(raw: dict, source: str | None = None) -> Recipe:
+    """Validate a recipe given as a dict (the Python API's entry point)."""
+    from align_kit.stages import STAGES, get_stage
+
+    raw = _fix_floats(expand_env(dict(raw)))
+    stage_name = raw.get("stage")
+    if stage_name is None:
+        raise ConfigError(f"stage: required key is missing; one of {', '.join(STAGES)}")
+    stage = get_stage(stage_name)
+    options_raw = raw.pop(stage_name, None)
+    for other in STAGES:
+        if other != stage_name and other in raw:
+            raise ConfigError(f"block '{other}:' belongs to stage '{other}', but this recipe's stage is '{stage_name}'")
+    recipe = build(Recipe, {k: v for k, v in raw.items() if k not in ("options",)})
+    recipe.source = source
+    if stage.OPTIONS is not None:
+        recipe.options = build(stage.OPTIONS, options_raw or {}, stage_name)
+    elif options_raw:
+        raise ConfigError(f"stage '{stage_name}' takes no '{stage_name}:' block")
+    validate_trainer(recipe.trainer, stage.TRAINER_CONFIG)
+    for hook in getattr(stage, "VALIDATORS", ()):
+        hook(recipe)
+    from align_kit.compat import check_compatibility
+
+    check_compatibility(recipe)
+    return recipe
+
+
+# Keys align_kit sets itself; a recipe setting them would be ignored or conflict.
+RESERVED_TRAINER_KEYS = {"output_dir": "use the top-level output_dir", "seed": "use the top-level seed"}
+
+
+def validate_trainer(trainer: dict, cls) -> None:
+    """Check ``trainer:`` keys and value types against the TRL config class, and basic ranges."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key, value in trainer.items():
+        if key in RESERVED_TRAINER_KEYS:
+            raise ConfigError(f"trainer.{key}: {RESERVED_TRAINER_KEYS[key]}")
+        if key not in fields:
+            hint = closest(key, fields)
+            raise ConfigError(f"trainer.{key}: not a field of {cls.__module__.split('.')[0]}.{cls.__name__}"
+                              + (f" (did you mean '{hint}'?)" if hint else ""))
+        if value is not None:
+            _check_value(value, _loosen(hints.get(key, Any)), f"trainer.{key}")
+    for key in ("learning_rate", "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",
+                "max_length", "beta"):
+        value = trainer.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
+            raise ConfigError(f"trainer.{key}: expected a positive number, found {value}")
+    if trainer.get("max_steps", -1) == 0:
+        raise ConfigError("trainer.max_steps: expected a positive number (or -1 to use num_train_epochs), found 0")
+
+
+def _loosen(tp):
+    """TRL annotates some fields as ``float`` that take ints, and enums as str; accept both."""
+    if tp is float:
+        return float | int
+    if isinstance(tp, type) and issubclass(tp, str) and tp is not str:
+        return str
+    return tp

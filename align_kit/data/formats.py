@@ -1,0 +1,184 @@
+"""Instruction-data formats -> one conversational schema ``{"messages": [{"role", "content"}, ...]}``.
+
+Pure functions: each takes a record and where it came from (source, row) and returns a conversation or
+raises :class:`DataError` naming the field and what was expected.
+
+>>> to_messages({"instruction": "Say hi", "input": "", "output": "hi"}, "alpaca")
+[{'role': 'user', 'content': 'Say hi'}, {'role': 'assistant', 'content': 'hi'}]
+>>> to_messages({"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}]}, "sharegpt")[1]
+{'role': 'assistant', 'content': 'b'}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from align_kit.errors import DataError, describe
+
+INSTRUCTION_FORMATS = ("alpaca", "flan", "flan_cot", "sharegpt", "messages")
+FLAN_COT_COLUMNS = ["question", "answer", "rationale"]
+_SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                   "chatgpt": "assistant", "bing": "assistant", "bard": "assistant", "system": "system"}
+
+
+def detect_format(record: dict) -> str | None:
+    """Guess a record's format from its keys.
+
+    >>> detect_format({"inputs": "q", "targets": "a"}), detect_format({"messages": []}), detect_format({"x": 1})
+    ('flan', 'messages', None)
+    """
+    keys = set(record)
+    if "messages" in keys:
+        return "messages"
+    if "conversations" in keys and not {"chosen", "rejected"} & keys:
+        return "sharegpt"
+    if {"instruction", "output"} <= keys:
+        return "alpaca"
+    if {"inputs", "targets"} <= keys:
+        return "flan"
+    if {"question", "answer", "rationale"} <= keys:
+        return "flan_cot"
+    return None
+
+
+def _text(record: dict, key: str, where: tuple, *, required: bool = True, allow_empty: bool = False) -> str:
+    source, row = where
+    if key not in record or record[key] is None:
+        if not required:
+            return ""
+        raise DataError(source, row, key, "missing" if key not in record else "null", "a non-empty string")
+    value = record[key]
+    if not isinstance(value, str):
+        raise DataError(source, row, key, describe(value), "a string")
+    if not allow_empty and not value.strip():
+        raise DataError(source, row, key, "an empty string", "a non-empty string")
+    return value
+
+
+def _alpaca(rec: dict, where: tuple) -> list[dict]:
+    source, row = where
+    instruction = _text(rec, "instruction", where)
+    extra = _text(rec, "input", where, required=False, allow_empty=True)
+    output = _text(rec, "output", where)
+    msgs = []
+    if rec.get("system"):
+        msgs.append({"role": "system", "content": _text(rec, "system", where)})
+    history = rec.get("history") or []
+    if not isinstance(history, list):
+        raise DataError(source, row, "history", describe(history), "a list of [instruction, response] pairs")
+    for i, pair in enumerate(history):
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(x, str) and x.strip() for x in pair)):
+            raise DataError(source, row, f"history[{i}]", describe(pair), "a pair of non-empty strings")
+        msgs += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
+    user = instruction if not extra.strip() else f"{instruction}\n{extra}"
+    return msgs + [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
+
+
+def _flan(rec: dict, where: tuple) -> list[dict]:
+    return [{"role": "user", "content": _text(rec, "inputs", where)},
+            {"role": "assistant", "content": _text(rec, "targets", where)}]
+
+
+def _flan_cot(rec: dict, where: tuple) -> list[dict]:
+    """FLAN v2 CoT TSV rows: the rationale, then the answer, as FLAN's CoT templates phrase it.
+    The TSV stores newlines as the two characters backslash-n; they are restored."""
+    question = _text(rec, "question", where).replace("\\n", "\n")
+    answer = _text(rec, "answer", where).replace("\\n", "\n").strip()
+    rationale = _text(rec, "rationale", where).replace("\\n", "\n").strip()
+    return [{"role": "user", "content": question},
+            {"role": "assistant", "content": f"{rationale} So the answer is {answer}."}]
+
+
+def _sharegpt(rec: dict, where: tuple) -> list[dict]:
+    source, row = where
+    turns = rec.get("conversations")
+    if not isinstance(turns, list):
+        raise DataError(source, row, "conversations", describe(turns), "a list of {from, value} turns")
+    msgs = []
+    if isinstance(rec.get("system"), str) and rec["system"].strip():
+        msgs.append({"role": "system", "content": rec["system"]})
+    for i, turn in enumerate(turns):
+        field = f"conversations[{i}]"
+        if not isinstance(turn, dict):
+            raise DataError(source, row, field, describe(turn), "an object with 'from' and 'value'")
+        role = _SHAREGPT_ROLES.get(str(turn.get("from", "")).lower())
+        if role is None:
+            raise DataError(source, row, f"{field}.from", describe(turn.get("from")),
+                            f"one of {', '.join(sorted(_SHAREGPT_ROLES))}")
+        msgs.append({"role": role, "content": _text(turn, "value", (source, row))})
+    return msgs
+
+
+def _messages(rec: dict, where: tuple) -> list[dict]:
+    source, row = where
+    turns = rec.get("messages")
+    if not isinstance(turns, list):
+        raise DataError(source, row, "messages", describe(turns), "a list of {role, content} messages")
+    out = []
+    for i, m in enumerate(turns):
+        if not isinstance(m, dict) or "role" not in m:
+            raise DataError(source, row, f"messages[{i}]", describe(m), "an object with 'role' and 'content'")
+        if m["role"] not in ("system", "user", "assistant"):
+            raise DataError(source, row, f"messages[{i}].role", describe(m["role"]), "system, user or assistant")
+        content = m.get("content")
+        if not isinstance(content, str) or not content.strip():
+            raise DataError(source, row, f"messages[{i}].content", describe(content), "a non-empty string")
+        out.append({"role": m["role"], "content": content})
+    return out
+
+
+_CONVERTERS = {"alpaca": _alpaca, "flan": _flan, "flan_cot": _flan_cot, "sharegpt": _sharegpt, "messages": _messages}
+
+
+def check_conversation(msgs: list[dict], where: tuple, field: str = "messages") -> list[dict]:
+    """Optional system first, then user/assistant alternating, ending with an assistant turn.
+
+    >>> check_conversation([{"role": "assistant", "content": "x"}], ("f.json", 1))
+    Traceback (most recent call last):
+    align_kit.errors.DataError: f.json: row 1: field 'messages[0].role': expected user (turns alternate user, assistant), found assistant
+    """
+    source, row = where
+    if not msgs or (len(msgs) == 1 and msgs[0]["role"] == "system"):
+        raise DataError(source, row, field, "an empty conversation", "at least one user and one assistant turn")
+    start = 1 if msgs[0]["role"] == "system" else 0
+    for i, m in enumerate(msgs[start:], start=start):
+        want = "user" if (i - start) % 2 == 0 else "assistant"
+        if m["role"] != want:
+            raise DataError(source, row, f"{field}[{i}].role", m["role"], f"{want} (turns alternate user, assistant)")
+    if msgs[-1]["role"] != "assistant":
+        raise DataError(source, row, field, f"a conversation ending with a {msgs[-1]['role']} turn",
+                        "a final assistant turn to learn from")
+    return msgs
+
+
+def to_messages(record: dict, fmt: str = "auto", source: str = "<record>", row: int | None = None,
+                columns: dict[str, str] | None = None) -> list[dict]:
+    """Convert one record to a validated conversation."""
+    where = (source, row)
+    if columns:
+        record = {columns.get(k, k): v for k, v in record.items()}
+    if fmt == "auto":
+        fmt = detect_format(record) or ""
+        if not fmt:
+            raise DataError(source, row, None, f"keys {sorted(record)[:8]}",
+                            "instruction/output (alpaca), inputs/targets (flan), conversations (sharegpt) "
+                            "or messages; set data.train[].format and columns if your names differ")
+    if fmt not in _CONVERTERS:
+        raise DataError(source, row, None, f"format '{fmt}'", f"one of {', '.join(_CONVERTERS)}")
+    return check_conversation(_CONVERTERS[fmt](record, where), where)
+
+
+def convert_records(records: Iterable[tuple[int, dict]], fmt: str, source: str, *, skip: bool = False,
+                    report=None, columns: dict[str, str] | None = None) -> Iterator[dict]:
+    """Convert ``(row, record)`` pairs; ``skip`` drops bad rows into ``report`` (a SkipReport) instead of raising."""
+    for row, rec in records:
+        try:
+            msgs = to_messages(rec, fmt, source, row, columns)
+        except DataError as err:
+            if not skip:
+                raise
+            report.add(err)
+            continue
+        if report is not None:
+            report.kept += 1
+        yield {"messages": msgs}

@@ -1,0 +1,143 @@
+"""Recipe data sources -> rows in one schema, with held-out split, weighted mixing and skip reports."""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+
+from align_kit.config import DataArgs, DataSource
+from align_kit.data.cards import get_card
+from align_kit.data.io import read_records, read_text_documents
+from align_kit.errors import ConfigError, DataError, SkipReport
+
+log = logging.getLogger("align_kit")
+FLAN_COT_COLUMNS = ["question", "answer", "rationale"]
+
+
+@dataclass
+class Loaded:
+    train: list[dict]
+    eval: list[dict]
+    reports: list[SkipReport] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)  # local files read (hashed into the run manifest)
+
+
+def _records(src: DataSource, location: str):
+    """``(row, record)`` from a local file or a Hub dataset (``hub:<id>[:<split>]``)."""
+    if location.startswith("hub:"):
+        _, repo, *rest = location.split(":")
+        import datasets
+
+        try:
+            ds = datasets.load_dataset(repo, split=rest[0] if rest else src.split)
+        except Exception as exc:  # offline, missing, private: one clear line
+            raise ConfigError(f"data: could not load Hub dataset '{repo}': {type(exc).__name__}: {exc}") from None
+        return enumerate(ds, start=1)
+    if location.lower().endswith((".txt", ".txt.gz")):
+        return ((row, {"text": doc}) for row, doc in read_text_documents(location, src.text_split))
+    columns = FLAN_COT_COLUMNS if src.format == "flan_cot" and location.endswith(".tsv") else None
+    return read_records(location, columns=columns)
+
+
+def resolve(src: DataSource, for_training: bool) -> tuple[str, str, dict]:
+    """(location, format, column renames) of a source, via its data card when named."""
+    if (src.name is None) == (src.path is None):
+        raise ConfigError("data source: give exactly one of 'name' (a data card) or 'path' (a file or hub:id)")
+    if src.name is not None:
+        card = get_card(src.name)
+        fmt = card.format if src.format == "auto" else src.format
+        return card.split_location(src.split, for_training), fmt, {**card.columns, **src.columns}
+    return src.path, src.format, dict(src.columns)
+
+
+def convert(kind: str, records, fmt: str, where: str, skip: bool, report: SkipReport, columns: dict):
+    """Rows of one kind: ``instruction`` (messages), ``preference``, ``unpaired`` or ``text``."""
+    if kind == "instruction":
+        from align_kit.data.formats import convert_records
+
+        return list(convert_records(records, fmt, where, skip=skip, report=report, columns=columns))
+    if kind in ("preference", "unpaired"):
+        from align_kit.data import preference
+
+        return list(preference.convert_records(records, fmt, where, skip=skip, report=report, columns=columns))
+    if kind == "text":
+        return list(_text_rows(records, where, skip, report, columns))
+    raise ValueError(kind)
+
+
+def _text_rows(records, where, skip, report, columns):
+    field_name = columns.get("text", "text")
+    for row, rec in records:
+        value = rec.get(field_name)
+        if isinstance(value, str) and value.strip():
+            report.kept += 1
+            yield {"text": value}
+            continue
+        err = DataError(where, row, field_name, "missing" if field_name not in rec else repr(value)[:40],
+                        "a non-empty text string")
+        if not skip:
+            raise err
+        report.add(err)
+
+
+def load_source(src: DataSource, kind: str, skip: bool, for_training: bool) -> tuple[list[dict], SkipReport, str]:
+    location, fmt, columns = resolve(src, for_training)
+    if kind == "text" and src.text_field != "text":
+        columns = {**columns, "text": src.text_field}
+    report = SkipReport(location if src.name is None else f"{src.name}[{src.split}]")
+    rows = convert(kind, _records(src, location), fmt, location, skip, report, columns)
+    if report.rejected:
+        log.warning("data: %s", report.summary())
+    if src.max_rows is not None:
+        rows = rows[: src.max_rows]
+    if not rows:
+        raise ConfigError(f"data: source {location} gave no usable rows ({report.summary()})")
+    return rows, report, location
+
+
+def mix(parts: list[tuple[list[dict], float]], rng: random.Random) -> list[dict]:
+    """Mix sources by weight: the total stays the sum of source sizes, each source gets weight share of it
+    (sampled without replacement when it has enough rows, upsampled with replacement otherwise).
+
+    >>> a, b = [{"s": "a"}] * 10, [{"s": "b"}] * 10
+    >>> sum(r["s"] == "a" for r in mix([(a, 3.0), (b, 1.0)], random.Random(0)))
+    15
+    """
+    if len(parts) == 1:
+        return list(parts[0][0])
+    total = sum(len(rows) for rows, _ in parts)
+    wsum = sum(w for _, w in parts)
+    out = []
+    for rows, w in parts:
+        if w <= 0:
+            raise ConfigError(f"data source weight must be positive, found {w}")
+        n = round(total * w / wsum)
+        out += rng.sample(rows, n) if n <= len(rows) else [rows[i % len(rows)] for i in range(n)]
+    rng.shuffle(out)
+    return out
+
+
+def load_data(data: DataArgs, kind: str) -> Loaded:
+    """Load train and eval rows of a recipe's ``data:`` block."""
+    rng = random.Random(data.seed)
+    skip = data.on_bad_row == "skip"
+    reports, files, parts, held_out = [], [], [], []
+    for src in data.train:
+        rows, report, loc = load_source(src, kind, skip, for_training=True)
+        reports.append(report)
+        files.append(loc)
+        if not data.eval and data.eval_fraction > 0 and len(rows) > 1:
+            rows = list(rows)
+            random.Random(data.seed).shuffle(rows)
+            n_eval = max(1, int(len(rows) * data.eval_fraction))
+            held_out += rows[:n_eval]
+            rows = rows[n_eval:]
+        parts.append((rows, src.weight))
+    eval_rows = held_out
+    for src in data.eval:
+        rows, report, loc = load_source(src, kind, skip, for_training=False)
+        reports.append(report)
+        files.append(loc)
+        eval_rows += rows
+    return Loaded(mix(parts, rng), eval_rows, reports, [f for f in files if not f.startswith("hub:")])

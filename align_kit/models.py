@@ -1,0 +1,212 @@
+"""Loading tokenizers and models: family template, dtype, attention backend, bitsandbytes, LoRA.
+
+Security: ``trust_remote_code`` only when the recipe sets it (with a warning naming the repository);
+pickle-based weights (.bin/.pt) are refused unless ``model.allow_pickle``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+
+import torch
+
+from align_kit.config import ModelArgs, PeftArgs, QuantArgs
+from align_kit.errors import ConfigError
+from align_kit.families import (
+    Family,
+    Template,
+    apply_family,
+    detect_template,
+    family_for_model_type,
+    get_family,
+    get_template,
+    stop_token_ids,
+)
+
+log = logging.getLogger("align_kit")
+BUILTIN = "builtin:tiny-llama"
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def _is_local(name: str) -> bool:
+    return Path(name).exists()
+
+
+def check_source(args: ModelArgs) -> None:
+    """Refuse remote code and pickle weights unless the recipe allows them; fail early on missing paths."""
+    name = args.name_or_path
+    if name == BUILTIN:
+        return
+    looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name).suffix
+    if looks_local and not _is_local(name):
+        raise ConfigError(f"model.name_or_path: '{name}' does not exist (expected a checkpoint folder or a Hub id)")
+    if _is_local(name):
+        folder = Path(name)
+        safe = list(folder.glob("*.safetensors"))
+        pickled = [p.name for p in folder.iterdir() if p.suffix in _PICKLE_SUFFIXES and "optimizer" not in p.name
+                   and "training_args" not in p.name and "rng_state" not in p.name and "scheduler" not in p.name]
+        if pickled and not safe and not args.allow_pickle:
+            raise ConfigError(f"model.name_or_path: '{name}' holds pickle-based weights ({', '.join(pickled[:3])}), "
+                              "which can run arbitrary code when loaded. Convert them to safetensors, or set "
+                              "model.allow_pickle: true if you trust their origin")
+        if not (folder / "config.json").exists() and not (folder / "adapter_config.json").exists():
+            raise ConfigError(f"model.name_or_path: '{name}' has no config.json (expected a Hugging Face checkpoint folder)")
+    if args.trust_remote_code:
+        log.warning("trust_remote_code is on: Python code from '%s' will run on this machine", name)
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    if name == "auto":
+        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return getattr(torch, name)
+
+
+def resolve_attention(name: str) -> str:
+    """FlashAttention-2 when installed and on CUDA, else SDPA; eager only on request."""
+    if name != "auto":
+        return name
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def load_tokenizer(args: ModelArgs):
+    """Tokenizer with the family's chat template, stop tokens and pad token applied."""
+    check_source(args)
+    if args.name_or_path == BUILTIN:
+        from align_kit.quickstart.model import build_tokenizer
+
+        tokenizer = build_tokenizer()
+        model_type = "llama"
+    else:
+        from transformers import AutoConfig, AutoTokenizer
+
+        kw = dict(revision=args.revision, trust_remote_code=args.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(args.name_or_path, **kw)
+        model_type = _model_type(args, kw)
+    family, template = resolve_family(args, model_type, tokenizer)
+    for note in apply_family(tokenizer, template, family, override_template=args.override_template):
+        log.info("tokenizer: %s", note)
+    for tok in args.new_tokens:
+        if tok in tokenizer.get_vocab():
+            raise ConfigError(f"model.new_tokens: '{tok}' is already in the vocabulary")
+    if args.new_tokens:
+        tokenizer.add_tokens(list(args.new_tokens))
+    tokenizer.align_kit_template = template.name  # recorded in cards and manifests
+    return tokenizer
+
+
+def _model_type(args: ModelArgs, kw) -> str:
+    from transformers import AutoConfig
+
+    folder = Path(args.name_or_path)
+    if _is_local(args.name_or_path) and not (folder / "config.json").exists() and (folder / "adapter_config.json").exists():
+        import json
+
+        base = json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
+        return AutoConfig.from_pretrained(base, **kw).model_type
+    return AutoConfig.from_pretrained(args.name_or_path, **kw).model_type
+
+
+def resolve_family(args: ModelArgs, model_type: str, tokenizer) -> tuple[Family, Template]:
+    family = family_for_model_type(model_type) if args.family == "auto" else get_family(args.family)
+    if args.template != "auto":
+        template = get_template(args.template)
+    elif family.name == "glm":
+        template = get_template("chatglm3" if model_type == "chatglm" else "glm4")
+    else:
+        template = detect_template(family, tokenizer.get_vocab())
+    return family, template
+
+
+def quantization_config(q: QuantArgs | None):
+    if q is None:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if q.bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    compute = resolve_dtype(q.compute_dtype)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=q.quant_type,
+                              bnb_4bit_use_double_quant=q.double_quant, bnb_4bit_compute_dtype=compute)
+
+
+def load_model(args: ModelArgs, tokenizer, *, quant: QuantArgs | None = None, head: str = "causal_lm",
+               num_labels: int = 1):
+    """Load (or build, for the builtin) a causal LM or a sequence classifier (``head="classifier"``)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    check_source(args)
+    dtype = resolve_dtype(args.dtype)
+    attn = resolve_attention(args.attn_implementation)
+    if args.name_or_path == BUILTIN:
+        from align_kit.quickstart.model import build_model
+
+        model = build_model(tokenizer, head=head, attn_implementation=attn)
+    else:
+        cls = AutoModelForCausalLM if head == "causal_lm" else AutoModelForSequenceClassification
+        kw = dict(revision=args.revision, trust_remote_code=args.trust_remote_code, dtype=dtype,
+                  attn_implementation=attn, use_safetensors=None if args.allow_pickle else True)
+        if head != "causal_lm":
+            kw["num_labels"] = num_labels
+        qc = quantization_config(quant)
+        if qc is not None:
+            kw["quantization_config"] = qc
+        model = cls.from_pretrained(args.name_or_path, **kw)
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        # New special tokens (template markers, vocabulary extension): rows for them; mean-initialised.
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    if head != "causal_lm" and model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    template = get_template(getattr(tokenizer, "align_kit_template", "llama2"))
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.eos_token_id = stop_token_ids(tokenizer, template)
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    return model
+
+
+def lora_config(p: PeftArgs, model, task_type: str = "CAUSAL_LM"):
+    from peft import LoraConfig
+
+    targets = p.target_modules
+    if targets == "auto":
+        names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+        family_targets = _family_targets(model)
+        targets = [t for t in family_targets if t in names]
+        if not targets:
+            raise ConfigError(f"peft.target_modules: none of the family's targets {list(family_targets)} are in the "
+                              f"model; set them explicitly (linear layers: {sorted(names)[:12]})")
+    return LoraConfig(r=p.r, lora_alpha=p.alpha, lora_dropout=p.dropout, target_modules=list(targets),
+                      modules_to_save=list(p.modules_to_save) or None, task_type=task_type)
+
+
+def _family_targets(model) -> tuple[str, ...]:
+    try:
+        return family_for_model_type(model.config.model_type).lora_targets
+    except ConfigError:
+        return ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def apply_lora(model, p: PeftArgs | None, quantized: bool, task_type: str = "CAUSAL_LM"):
+    """Wrap ``model`` with LoRA adapters (preparing a k-bit model first); returns the model unchanged if no peft."""
+    if p is None:
+        return model
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if quantized:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    return get_peft_model(model, lora_config(p, model, task_type))
+
+
+def save_for_transformers(model, tokenizer, out: Path) -> None:
+    """Save weights (or the adapter) as safetensors plus the tokenizer with its chat template."""
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)

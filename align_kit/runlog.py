@@ -1,0 +1,56 @@
+"""What every run leaves next to its outputs: manifest, evaluation record, log history, report."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from align_kit.stages.common import is_main_process, write_json
+
+log = logging.getLogger("align_kit")
+
+
+@dataclass
+class RunInfo:
+    recipe: object
+    out: Path
+    data_files: list[str] = field(default_factory=list)
+    skip_reports: list[dict] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+
+
+def start_run(recipe, data=None, extra: dict | None = None) -> RunInfo:
+    out = Path(recipe.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    info = RunInfo(recipe, out, list(getattr(data, "files", []) or []),
+                   [r.to_dict() for r in getattr(data, "reports", [])], dict(extra or {}))
+    for r in getattr(data, "reports", []):
+        if r.rejected:
+            log.warning("skipped rows: %s", r.summary())
+    if is_main_process():
+        _manifest(info)
+    return info
+
+
+def _manifest(info: RunInfo, evals: dict | None = None) -> None:
+    from align_kit.manifest import write_manifest
+
+    extra = {"skipped_rows": info.skip_reports, **info.extra}
+    if evals:
+        extra["evaluation"] = evals
+    write_manifest(info.out, info.recipe.to_dict(), info.data_files, info.recipe.seed, extra=extra)
+
+
+def finish_run(info: RunInfo, log_history: list[dict], evals: dict) -> None:
+    if not is_main_process():
+        return
+    write_json(info.out / "eval.json", evals)
+    with open(info.out / "log_history.jsonl", "w", encoding="utf-8") as fh:
+        for rec in log_history:
+            fh.write(json.dumps(rec, default=str) + "\n")
+    _manifest(info, evals)
+    from align_kit.report import write_run_report
+
+    write_run_report(info.out, log_history, evals)

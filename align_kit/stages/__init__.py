@@ -1,0 +1,37 @@
+"""Stages. ``STAGES`` is the only registry: stage name -> module.
+
+Each stage module defines ``TRAINER_CONFIG`` (the config class the recipe's ``trainer:`` block fills),
+``OPTIONS`` (a dataclass for the block named after the stage, or None) and ``run(recipe) -> Path``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from types import ModuleType
+
+from align_kit.errors import ConfigError
+from align_kit.families import closest
+
+STAGES = {
+    "pretrain": "align_kit.stages.pretrain",
+    "sft": "align_kit.stages.sft",
+    "reward": "align_kit.stages.reward",
+    "dpo": "align_kit.stages.dpo",
+    "kto": "align_kit.stages.dpo",
+    "ppo": "align_kit.stages.ppo",
+}
+
+
+def get_stage(name: str) -> ModuleType:
+    if name not in STAGES:
+        hint = closest(str(name), STAGES)
+        raise ConfigError(f"stage: unknown stage '{name}'" + (f" (did you mean '{hint}'?)" if hint else "")
+                          + f"; valid: {', '.join(STAGES)}")
+    module = importlib.import_module(STAGES[name])
+    return getattr(module, "KTO", module) if name == "kto" else module
+
+
+def run_stage(recipe) -> Path:
+    """Run a validated recipe's stage; returns the output folder."""
+    return get_stage(recipe.stage).run(recipe)

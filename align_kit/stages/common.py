@@ -1,0 +1,88 @@
+"""Pieces every stage uses: output folders, checkpoint discovery, final save and evaluation record."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+
+log = logging.getLogger("align_kit")
+_CKPT = re.compile(r"^checkpoint-(\d+)$")
+COMPLETE = "align_kit_complete"  # marker written last: a checkpoint without it was cut short
+
+
+def complete_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoints in step order; incomplete ones (killed mid-write) are reported and skipped."""
+    out = Path(output_dir)
+    if not out.is_dir():
+        return []
+    found = []
+    for path in out.iterdir():
+        m = _CKPT.match(path.name)
+        if not m or not path.is_dir():
+            if path.name.startswith("checkpoint-") and path.name.endswith(".tmp"):
+                log.warning("skipping %s: a checkpoint write that never finished", path.name)
+            continue
+        if not (path / "trainer_state.json").exists() and not (path / COMPLETE).exists():
+            log.warning("skipping %s: incomplete checkpoint (no trainer_state.json)", path.name)
+            continue
+        found.append((int(m.group(1)), path))
+    return [p for _, p in sorted(found)]
+
+
+def last_checkpoint(output_dir: str | Path) -> Path | None:
+    ckpts = complete_checkpoints(output_dir)
+    return ckpts[-1] if ckpts else None
+
+
+def model_dir(output_dir: str | Path) -> Path:
+    """Folder of a finished stage that loads with plain transformers."""
+    return Path(output_dir) / "model"
+
+
+def is_finished(output_dir: str | Path) -> bool:
+    return (Path(output_dir) / "model" / COMPLETE).exists()
+
+
+def save_final(model, tokenizer, output_dir: str | Path, merge_lora: bool = True) -> Path:
+    """Save the final model to ``output_dir/model`` atomically (write to a temp folder, then rename).
+
+    A LoRA model is saved twice: the adapter in ``adapter/`` and merged weights in ``model/`` so the result
+    loads with plain transformers; a quantised base cannot be merged exactly, so ``model/`` then holds the
+    adapter (loads with transformers + peft).
+    """
+    out = Path(output_dir)
+    final, tmp = out / "model", out / "model.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    is_peft = hasattr(model, "peft_config")
+    quantized = bool(getattr(getattr(model, "config", None), "quantization_config", None)) or getattr(
+        model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)
+    if is_peft:
+        model.save_pretrained(out / "adapter", safe_serialization=True)
+        tokenizer.save_pretrained(out / "adapter")
+    if is_peft and merge_lora and not quantized:
+        import copy
+
+        merged = copy.deepcopy(model).merge_and_unload()
+        merged.save_pretrained(tmp, safe_serialization=True)
+    else:
+        model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    (tmp / COMPLETE).write_text("ok\n")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return final
+
+
+def write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0

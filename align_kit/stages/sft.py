@@ -1,0 +1,110 @@
+"""SFT: instruction data -> conversations -> chat template with trained-token mask -> TRL SFTTrainer.
+
+align_kit owns the data and template work (so ``align-kit data inspect`` shows exactly what is trained);
+TRL owns the training loop, packing (best-fit decreasing, padding-free with per-sample position ids, so
+packed samples never attend to each other) and truncation.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from trl import SFTConfig
+
+from align_kit.stages import common
+
+log = logging.getLogger("align_kit")
+TRAINER_CONFIG = SFTConfig
+
+
+@dataclass
+class Options:
+    verifier: str | None = None
+    """module:function judging (prompt, response) -> bool; greedy accuracy on the eval prompts is reported."""
+    verifier_max_new_tokens: int = 16
+    merge_lora: bool = True
+    """Also save LoRA-merged weights in model/ (the adapter always goes to adapter/)."""
+
+
+OPTIONS = Options
+
+
+def tokenize_rows(rows: list[dict], tokenizer, where: str) -> tuple[list[dict], dict]:
+    """Rows of ``{"messages"}`` -> ``{"input_ids", "assistant_masks"}``; returns rows and length stats."""
+    from align_kit.data.tokenize import tokenize_conversation
+    from align_kit.families import get_template, stop_token_ids
+
+    stops = stop_token_ids(tokenizer, get_template(tokenizer.align_kit_template))
+    out = []
+    for i, row in enumerate(rows, start=1):
+        tok = tokenize_conversation(tokenizer, row["messages"], stops, (where, i))
+        out.append({"input_ids": tok.input_ids, "assistant_masks": tok.assistant_masks})
+    return out, {"rows": len(out), "tokens": sum(len(r["input_ids"]) for r in out)}
+
+
+def report_truncation(rows: list[dict], max_length: int | None, split: str) -> int:
+    if max_length is None:
+        return 0
+    long = sum(len(r["input_ids"]) > max_length for r in rows)
+    if long:
+        log.warning("%s: %d of %d rows are longer than max_length=%d and are truncated", split, long, len(rows),
+                    max_length)
+    return long
+
+
+def run(recipe) -> Path:
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    from align_kit.data.sources import load_data
+    from align_kit.models import apply_lora, load_model, load_tokenizer
+    from align_kit.runlog import finish_run, start_run
+
+    out = Path(recipe.output_dir)
+    tokenizer = load_tokenizer(recipe.model)
+    data = load_data(recipe.data, "instruction")
+    train_rows, train_stats = tokenize_rows(data.train, tokenizer, "train")
+    eval_rows, _ = tokenize_rows(data.eval, tokenizer, "eval")
+    args = recipe.trainer_config(**_defaults(recipe, bool(eval_rows)))
+    truncated = report_truncation(train_rows, args.max_length, "train")
+
+    model = load_model(recipe.model, tokenizer, quant=recipe.quantization)
+    model = apply_lora(model, recipe.peft, quantized=recipe.quantization is not None)
+    run_info = start_run(recipe, data, extra={"truncated_rows": truncated, **train_stats})
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
+                         eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
+                         processing_class=tokenizer)
+    evals = {"before": _evaluate(trainer, recipe, data.eval, tokenizer)}
+    trainer.train(resume_from_checkpoint=str(common.last_checkpoint(out) or "") or None)
+    evals["after"] = _evaluate(trainer, recipe, data.eval, tokenizer)
+    common.save_final(trainer.model, tokenizer, out, merge_lora=recipe.options.merge_lora)
+    finish_run(run_info, trainer.state.log_history, evals)
+    return out
+
+
+def _defaults(recipe, has_eval: bool) -> dict:
+    """align_kit's defaults where the recipe is silent: pack (no pad tokens wasted) and evaluate if possible."""
+    t = recipe.trainer
+    d = {"packing": t.get("packing", True), "dataset_num_proc": t.get("dataset_num_proc")}
+    if has_eval and "eval_strategy" not in t:
+        d["eval_strategy"] = "no"  # align_kit evaluates before and after; per-step eval is opt-in
+    return d
+
+
+def _evaluate(trainer, recipe, eval_conversations: list[dict], tokenizer) -> dict:
+    """Eval loss, and verifier accuracy of greedy answers when the recipe names a verifier."""
+    result = {}
+    if trainer.eval_dataset is not None:
+        result["eval_loss"] = trainer.evaluate()["eval_loss"]
+    if recipe.options.verifier and eval_conversations:
+        from align_kit.generation import load_callable, verifier_accuracy
+
+        prompts = [row["messages"][:-1] for row in eval_conversations]
+        acc, _ = verifier_accuracy(trainer.model, tokenizer, prompts, load_callable(recipe.options.verifier),
+                                   recipe.options.verifier_max_new_tokens)
+        result["verifier_accuracy"] = acc
+    if result and trainer.is_world_process_zero():
+        log.info("eval: %s", {k: round(v, 4) for k, v in result.items()})
+    return result
