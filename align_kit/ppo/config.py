@@ -50,9 +50,9 @@ class PPOConfig:
     kl_estimator: str = "k1"  # per-token KL in the reward: "k1", "k2" or "k3" (see ppo/kl.py)
     kl_coef: float = 0.05  # beta, the KL penalty weight (initial value if adaptive)
     adaptive_kl: bool = False  # Ziegler et al. 2019 controller towards kl_target
-    kl_target: float = 6.0  # target summed KL per response for the adaptive controller (nats)
+    kl_target: float = 6.0  # adaptive target for the mean per-response KL (k3 summed over tokens, nats)
     kl_horizon: float = 10000.0  # episodes over which the controller closes the error
-    kl_limit: float | None = None  # stop the run when the mean summed KL per response exceeds this
+    kl_limit: float | None = None  # stop when the mean per-response KL (k3, summed) exceeds this
     gamma: float = 1.0  # discount
     lam: float = 0.95  # GAE lambda
     whiten_advantages: bool = True  # normalise advantages per batch (mean 0, std 1 over real tokens)

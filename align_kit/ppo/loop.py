@@ -1,0 +1,325 @@
+"""The PPO loop: rollout -> rewards and KL -> GAE -> several epochs of clipped updates, repeated.
+
+Runs on one process or many under ``accelerate launch``: each process samples its own prompts
+(``batch_size`` of them, a disjoint slice of the global batch), and the gradients of the policy and
+the critic are averaged by DDP. Metrics are averaged over processes before they are logged.
+
+Outputs in ``output_dir``: ``ppo_log.jsonl`` (one line of metrics per logged step),
+``samples.jsonl`` (decoded generations), ``checkpoint-N/`` (see ``checkpoint.py``) and ``policy/``,
+the final policy that loads with plain ``transformers`` (LoRA merged) together with the tokenizer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from align_kit.errors import AlignKitError
+from align_kit.ppo import checkpoint
+from align_kit.ppo.advantages import masked_mean
+from align_kit.ppo.config import PPOConfig
+from align_kit.ppo.experience import Experience
+from align_kit.ppo.kl import AdaptiveKLController, FixedKLController, kl_per_token
+from align_kit.ppo.losses import entropy_from_logits, explained_variance, logprobs_of, policy_loss, value_loss
+from align_kit.ppo.modelset import PPOModels, causal_logits, load_trainable_state, trainable_state
+from align_kit.ppo.rollout import add_advantages, rollout
+
+log = logging.getLogger(__name__)
+
+
+class PPODivergedError(AlignKitError):
+    """Training stopped because a loss became NaN/inf or the KL passed ``kl_limit``."""
+
+
+def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B, P)`` ids and mask of prompts padded on the left to the longest one.
+
+    >>> ids, mask = left_pad([[5, 6], [7]], 0)
+    >>> ids.tolist(), mask.tolist()
+    ([[5, 6], [0, 7]], [[1, 1], [0, 1]])
+    """
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad_id] * (width - len(p)) + list(p) for p in prompts], dtype=torch.long)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long)
+    return ids, mask
+
+
+class PPOTrainer:
+    """Trains ``models.policy`` (and the critic) with PPO on ``prompts`` (token-id lists, chat template applied)."""
+
+    def __init__(self, cfg: PPOConfig, models: PPOModels, tokenizer, prompts: list[list[int]], output_dir,
+                 accelerator=None, stop_token_ids: list[int] | None = None):
+        from accelerate import Accelerator
+
+        if not prompts:
+            raise AlignKitError("ppo: no prompts to train on")
+        self.cfg, self.models, self.tokenizer, self.prompts = cfg, models, tokenizer, prompts
+        self.output_dir = Path(output_dir)
+        self.acc = accelerator or Accelerator()
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        eos = tokenizer.eos_token_id
+        self.stop_ids = sorted({*(stop_token_ids or []), *cfg.stop_token_ids, *([eos] if eos is not None else [])})
+        if not self.stop_ids:
+            raise AlignKitError("ppo: the tokenizer has no EOS and no stop_token_ids were given")
+        self._seed(cfg.seed + self.acc.process_index)
+        self.policy, self.critic = self.acc.prepare(models.policy, models.critic)
+        for frozen in (models.reference, models.reward):
+            if frozen is not None and not getattr(frozen, "is_loaded_in_4bit", False):
+                frozen.to(self.acc.device)
+        self.opt_policy = self._optimizer(models.policy, cfg.learning_rate)
+        self.opt_critic = self._optimizer(models.critic, cfg.critic_learning_rate)
+        total = cfg.steps * cfg.ppo_epochs * cfg.updates_per_epoch
+        self.sched_policy = self._scheduler(self.opt_policy, total)
+        self.sched_critic = self._scheduler(self.opt_critic, total)
+        self.kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
+                       else FixedKLController(cfg.kl_coef))
+        self.step_done = 0
+        self.last_checkpoint: Path | None = None
+        if cfg.resume:
+            self._resume()
+
+    # ---- setup ------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _seed(seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+    def _optimizer(self, model, lr: float) -> torch.optim.Optimizer:
+        params = [p for p in model.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=lr, weight_decay=self.cfg.weight_decay)
+
+    def _scheduler(self, opt, total: int):
+        warm, linear = self.cfg.warmup_steps, self.cfg.lr_scheduler == "linear"
+
+        def factor(i: int) -> float:
+            if i < warm:
+                return (i + 1) / warm
+            return max(0.0, (total - i) / max(1, total - warm)) if linear else 1.0
+
+        return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+    # ---- data ---------------------------------------------------------------------------------------
+
+    def _batch_prompts(self, step: int) -> list[list[int]]:
+        """This process's prompts for ``step`` (0-based): a function of the step alone, so resume needs no
+        data state. The global batch of ``batch_size x processes`` walks a seeded permutation per epoch."""
+        n, per, world = len(self.prompts), self.cfg.batch_size, self.acc.num_processes
+        start = step * per * world + self.acc.process_index * per
+        picked = []
+        for k in range(start, start + per):
+            epoch, pos = divmod(k, n)
+            gen = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
+            picked.append(self.prompts[int(torch.randperm(n, generator=gen)[pos])])
+        return picked
+
+    # ---- one step -----------------------------------------------------------------------------------
+
+    def step(self) -> dict:
+        """One PPO step: rollout, advantages, ``ppo_epochs`` of minibatch updates. Returns averaged metrics."""
+        cfg, acc = self.cfg, self.acc
+        query_ids, query_mask = left_pad(self._batch_prompts(self.step_done), self.pad_id)
+        policy_u, critic_u = acc.unwrap_model(self.policy), acc.unwrap_model(self.critic)
+        self.models.eval()
+        exp = rollout(self.models, policy_u, critic_u, query_ids.to(acc.device), query_mask.to(acc.device),
+                      cfg, self.stop_ids, self.pad_id)
+        add_advantages(exp, cfg, self.kl_ctl.kl_coef)
+        mask = exp.response_mask
+        # KL per response, summed over its tokens with k3 (unbiased and never negative, unlike k1), whatever
+        # estimator the reward uses: the controller, kl_limit and the logs all read this one number.
+        k3 = kl_per_token(exp.logprobs, exp.ref_logprobs, "k3")
+        seq_kl = torch.where(mask.bool(), k3, torch.zeros_like(k3)).sum(dim=1)
+        rollout_stats = torch.stack([
+            exp.raw_scores.mean(), exp.scores.mean(), seq_kl.mean(), mask.sum(1).float().mean(),
+            exp.ended.float().mean(), explained_variance(exp.values, exp.returns, mask) if mask.sum() > 1
+            else torch.tensor(0.0), masked_mean(exp.values, mask), masked_mean(exp.returns, mask)]).float()
+        stats = acc.reduce(rollout_stats.to(acc.device), reduction="mean").tolist()
+        names = ["score", "score_penalised", "kl", "response_length", "ended", "explained_variance",
+                 "value_mean", "return_mean"]
+        metrics = dict(zip(names, stats))
+        metrics["kl_coef"] = self.kl_ctl.kl_coef
+        self._guard(metrics, ("score", "kl", "value_mean"))
+        if cfg.kl_limit is not None and metrics["kl"] > cfg.kl_limit:
+            self._stop(f"mean KL to the reference {metrics['kl']:.3f} exceeds kl_limit {cfg.kl_limit}")
+        metrics.update(self._update(exp))
+        self.kl_ctl.update(metrics["kl"], cfg.batch_size * acc.num_processes)
+        self.step_done += 1
+        metrics["step"] = self.step_done
+        if self.step_done % cfg.sample_steps == 0 or self.step_done == 1:
+            self._log_samples(exp)
+        return metrics
+
+    def _update(self, exp: Experience) -> dict:
+        cfg, acc = self.cfg, self.acc
+        prompt_len, size = exp.query_ids.shape[1], cfg.mini_batch_size
+        sums: dict[str, float] = {}
+        count = 0
+        self.policy.train(False)
+        for _ in range(cfg.ppo_epochs):
+            order = torch.randperm(len(exp))
+            for update in range(cfg.updates_per_epoch):
+                finite = True
+                for micro in range(cfg.gradient_accumulation_steps):
+                    first = (update * cfg.gradient_accumulation_steps + micro) * size
+                    mb = exp.select(order[first:first + size].to(exp.query_ids.device))
+                    last = micro == cfg.gradient_accumulation_steps - 1
+                    with contextlib.ExitStack() as stack:
+                        if not last:  # all-reduce gradients once per optimiser step, not per minibatch
+                            stack.enter_context(acc.no_sync(self.policy))
+                            stack.enter_context(acc.no_sync(self.critic))
+                        loss, parts = self._minibatch_loss(mb, prompt_len)
+                        finite &= bool(torch.isfinite(loss))
+                        acc.backward(loss / cfg.gradient_accumulation_steps)
+                    for key, value in parts.items():
+                        sums[key] = sums.get(key, 0.0) + value
+                    count += 1
+                bad = acc.reduce(torch.tensor(0.0 if finite else 1.0, device=acc.device), reduction="sum")
+                if bad.item() > 0:
+                    self._stop("the PPO loss became NaN or infinite")
+                for model, opt, sched in ((self.policy, self.opt_policy, self.sched_policy),
+                                          (self.critic, self.opt_critic, self.sched_critic)):
+                    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
+                                                   cfg.max_grad_norm)
+                    opt.step()
+                    sched.step()
+                    opt.zero_grad(set_to_none=True)
+        local = torch.tensor([sums[k] / count for k in sorted(sums)], device=acc.device)
+        return dict(zip(sorted(sums), acc.reduce(local, reduction="mean").tolist()))
+
+    def _minibatch_loss(self, mb: Experience, prompt_len: int) -> tuple[torch.Tensor, dict]:
+        cfg, mask = self.cfg, mb.response_mask
+        logits = causal_logits(self.policy, mb.input_ids, mb.attention_mask)[:, prompt_len - 1 : -1]
+        logits = logits / cfg.temperature
+        logprobs = logprobs_of(logits, mb.response_ids)
+        pg = policy_loss(logprobs, mb.logprobs, mb.advantages, mask, cfg.clip_range, cfg.approx_kl_estimator)
+        entropy = entropy_from_logits(logits, mask)
+        values = self.critic(mb.input_ids, mb.attention_mask)[:, prompt_len - 1 : -1]
+        vl = value_loss(values, mb.values, mb.returns, mask, cfg.clip_range_value)
+        loss = pg.loss + cfg.vf_coef * vl.loss - cfg.entropy_coef * entropy
+        parts = {"policy_loss": pg.loss.item(), "value_loss": vl.loss.item(), "clip_fraction": pg.clip_fraction.item(),
+                 "approx_kl": pg.approx_kl.item(), "entropy": entropy.item(), "value_clip_fraction":
+                 vl.clip_fraction.item()}
+        return loss, parts
+
+    # ---- guards and logging ----------------------------------------------------------------------------
+
+    def _guard(self, metrics: dict, keys) -> None:
+        bad = [k for k in keys if not math.isfinite(metrics[k])]
+        if bad:
+            self._stop(f"{', '.join(bad)} became NaN or infinite")
+
+    def _stop(self, why: str) -> None:
+        kept = self.last_checkpoint.name if self.last_checkpoint else "none written yet"
+        raise PPODivergedError(f"ppo stopped at step {self.step_done + 1}: {why}. The last good checkpoint "
+                               f"is kept ({kept}); lower the learning rate or raise kl_coef and resume.")
+
+    def _log_samples(self, exp: Experience) -> None:
+        if not self.acc.is_main_process:
+            return
+        rows = []
+        for i in range(min(self.cfg.num_samples, len(exp))):
+            prompt = exp.query_ids[i][exp.query_mask[i].bool()]
+            response = exp.response_ids[i][exp.response_mask[i].bool()]
+            rows.append({"step": self.step_done, "prompt": self.tokenizer.decode(prompt),
+                         "response": self.tokenizer.decode(response), "score": round(exp.raw_scores[i].item(), 4)})
+        with open(self.output_dir / "samples.jsonl", "a", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+                log.info("sample step %d score %.3f: %r -> %r", row["step"], row["score"], row["prompt"][-80:],
+                         row["response"][:120])
+
+    def _log_metrics(self, metrics: dict) -> None:
+        if not self.acc.is_main_process:
+            return
+        with open(self.output_dir / "ppo_log.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(metrics) + "\n")
+        log.info("step %d/%d  score %.3f  kl %.3f  kl_coef %.4f  entropy %.3f  clip %.3f  approx_kl %.4f  "
+                 "pg %.4f  vf %.4f  ev %.3f  len %.1f", metrics["step"], self.cfg.steps, metrics["score"],
+                 metrics["kl"], metrics["kl_coef"], metrics["entropy"], metrics["clip_fraction"],
+                 metrics["approx_kl"], metrics["policy_loss"], metrics["value_loss"],
+                 metrics["explained_variance"], metrics["response_length"])
+
+    # ---- checkpoints and the run -------------------------------------------------------------------------
+
+    def save_checkpoint(self) -> Path:
+        acc = self.acc
+        final = self.output_dir / f"checkpoint-{self.step_done}"
+        tmp = final.with_name(final.name + ".tmp")
+        if acc.is_main_process:
+            if tmp.exists():
+                import shutil
+
+                shutil.rmtree(tmp)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        checkpoint.write_rng(tmp, acc.process_index)
+        if acc.is_main_process:
+            optimizers = {"policy": self.opt_policy.state_dict(), "critic": self.opt_critic.state_dict(),
+                          "sched_policy": self.sched_policy.state_dict(), "sched_critic": self.sched_critic.state_dict()}
+            state = {"step": self.step_done, "episodes": self.step_done * self.cfg.batch_size * acc.num_processes,
+                     "num_processes": acc.num_processes, "config": self.cfg.to_dict()}
+            checkpoint.write_files(tmp, trainable_state(acc.unwrap_model(self.policy)),
+                                   trainable_state(acc.unwrap_model(self.critic)), optimizers,
+                                   self.kl_ctl.state_dict(), state)
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            checkpoint.finalize(tmp, final, self.cfg.save_total_limit)
+        acc.wait_for_everyone()
+        self.last_checkpoint = final
+        return final
+
+    def _resume(self) -> None:
+        found = checkpoint.complete_checkpoints(self.output_dir)
+        if not found:
+            return
+        path = found[-1]
+        saved = checkpoint.read(path, self.acc.process_index)
+        load_trainable_state(self.acc.unwrap_model(self.policy), saved["policy"])
+        load_trainable_state(self.acc.unwrap_model(self.critic), saved["critic"])
+        self.opt_policy.load_state_dict(saved["optimizers"]["policy"])
+        self.opt_critic.load_state_dict(saved["optimizers"]["critic"])
+        self.sched_policy.load_state_dict(saved["optimizers"]["sched_policy"])
+        self.sched_critic.load_state_dict(saved["optimizers"]["sched_critic"])
+        self.kl_ctl.load_state_dict(saved["kl_controller"])
+        self.step_done = int(saved["trainer_state"]["step"])
+        if saved["rng"] is not None and saved["trainer_state"]["num_processes"] == self.acc.num_processes:
+            checkpoint.set_rng_state(saved["rng"])
+        else:  # a different process count cannot replay the same samples; continue with fresh seeds
+            log.warning("checkpoint was written by %s processes, now %d: RNG streams reseeded",
+                        saved["trainer_state"]["num_processes"], self.acc.num_processes)
+            self._seed(self.cfg.seed + 7919 * self.step_done + self.acc.process_index)
+        self.last_checkpoint = path
+        if self.acc.is_main_process:
+            log.info("resumed from %s (step %d of %d)", path.name, self.step_done, self.cfg.steps)
+
+    def train(self) -> Path:
+        """Run until ``cfg.steps``, checkpointing every ``save_steps``; returns the final policy directory."""
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        while self.step_done < self.cfg.steps:
+            metrics = self.step()
+            if self.step_done % self.cfg.logging_steps == 0 or self.step_done == self.cfg.steps:
+                self._log_metrics(metrics)
+            if self.step_done % self.cfg.save_steps == 0 or self.step_done == self.cfg.steps:
+                self.save_checkpoint()
+        return self.save_policy()
+
+    def save_policy(self) -> Path:
+        """Write ``policy/``: plain transformers weights (LoRA merged unless the base is 4-bit) + tokenizer."""
+        out = self.output_dir / "policy"
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            policy = self.acc.unwrap_model(self.policy)
+            if self.models.mode == "lora" and not getattr(policy, "is_loaded_in_4bit", False):
+                policy = policy.merge_and_unload()  # the run is over: merging in place is fine
+            policy.save_pretrained(out)
+            self.tokenizer.save_pretrained(out)
+        self.acc.wait_for_everyone()
+        return out
