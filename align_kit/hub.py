@@ -226,8 +226,9 @@ def copy_data_cards(out_dir: str | Path, cards: Iterable[str | Path]) -> list[di
         meta = read_front_matter(card)
         target.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(card, target / card.name)
+        source = meta.get("source") if isinstance(meta.get("source"), dict) else {}
         copied.append({"name": str(meta.get("name") or card.stem), "file": f"data_cards/{card.name}",
-                       "license": meta.get("license"), "hub_id": meta.get("hub_id")})
+                       "license": meta.get("license"), "hub_id": meta.get("hub_id") or source.get("hub")})
     return copied
 
 
@@ -333,3 +334,30 @@ def write_model_card(out_dir: str | Path, model_name: str, base_model: str | Non
     path = Path(out_dir) / "README.md"
     card.save(path)
     return path
+
+
+def stage_from_manifest(manifest: Mapping) -> dict:
+    """``{"name", "datasets", "hyperparameters", "base_model"}`` of one stage from its run manifest."""
+    recipe = manifest.get("recipe") or {}
+    data = recipe.get("data") or {}
+    datasets = [s.get("name") or Path(str(s.get("path"))).name for s in data.get("train") or []]
+    hyper = {k: v for k, v in (recipe.get("trainer") or {}).items() if v is not None}
+    peft = recipe.get("peft") or {}
+    hyper.update({f"lora_{k}": peft[k] for k in ("r", "alpha") if k in peft})
+    if recipe.get("seed") is not None:
+        hyper.setdefault("seed", recipe["seed"])
+    return {"name": recipe.get("stage", "train"), "datasets": datasets, "hyperparameters": hyper,
+            "base_model": (recipe.get("model") or {}).get("name_or_path")}
+
+
+def card_files_for(datasets: Iterable[str]) -> list[Path]:
+    """Paths of the registered data cards (``data_cards/<name>.md``) for the named datasets that have one."""
+    datasets = list(dict.fromkeys(datasets))
+    if not datasets:
+        return []
+    try:
+        from align_kit.data.cards import registry
+    except ImportError:  # the registry module is optional for a card: no cards then
+        return []
+    cards = registry()
+    return [cards[name].path for name in datasets if name in cards and cards[name].path]

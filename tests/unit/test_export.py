@@ -103,3 +103,18 @@ def test_find_model_dir_explains_missing_model(tmp_path):
         find_model_dir(tmp_path)
     with pytest.raises(ConfigError, match="no such run folder"):
         find_model_dir(tmp_path / "absent")
+
+
+def test_cli_export_writes_card_and_push_dry_run_lists_it(lora_run, tmp_path, capsys):
+    from align_kit.cli import main
+
+    _, run_dir, _ = lora_run
+    (run_dir / "manifest.json").write_text('{"recipe": {"stage": "sft", "trainer": {"learning_rate": 0.001}}}')
+    out = tmp_path / "cli-export"
+    assert main(["export", str(run_dir), "--out", str(out), "--model-name", "tiny-sft"]) == 0
+    card = (out / "README.md").read_text()
+    assert "model_name: tiny-sft" in card and "| sft | - | learning_rate=0.001 |" in card
+    assert main(["push", str(out), "me/tiny-sft", "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "would upload 7 files" in printed and "(private)" in printed and "+ README.md" in printed
+    assert main(["export", str(run_dir), "--out", str(out)]) == 2  # exists: refused without --overwrite
