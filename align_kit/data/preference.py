@@ -3,29 +3,32 @@
 Paired output: ``{"prompt": [messages], "chosen": [{"role": "assistant", ...}], "rejected": [...]}`` plus an
 optional ``"margin"``. Unpaired output (KTO): ``{"prompt": [...], "completion": [...], "label": bool}``.
 
-Input formats (detected from the columns of the first record, or named with ``fmt``):
+Input formats (``fmt="auto"`` detects them from a record's columns; a file keeps the first row's format):
 
-=====================  ==========================================================================
-``hh-rlhf``            ``chosen`` / ``rejected`` whole transcripts with ``\\n\\nHuman:`` / ``\\n\\nAssistant:`` turns
-``prompt-chosen-rejected``  ``prompt`` + ``chosen`` + ``rejected`` as strings or messages; without ``prompt``
-                       the two message lists share an implicit prompt
-``sharegpt``           ``conversations`` (``from``/``value`` turns) + ``chosen`` / ``rejected`` turns
-``paired-answers``     ``question``, ``response_j``, ``response_k`` (j is preferred)
-``unpaired``           ``prompt``, ``completion``, ``label`` (true = desirable)
-=====================  ==========================================================================
+=============  ==========================================================================================
+``hh_rlhf``    ``chosen`` / ``rejected`` whole transcripts with ``\\n\\nHuman:`` / ``\\n\\nAssistant:`` turns
+``preference`` ``prompt`` + ``chosen`` + ``rejected`` as strings or messages; without ``prompt`` the two message
+               lists share an implicit prompt (TRL's implicit-prompt type)
+``sharegpt``   ``conversations`` (``from``/``value`` turns) + ``chosen`` / ``rejected`` turns
+``paired``     ``question``, ``response_j``, ``response_k`` (j is preferred)
+``unpaired``   ``prompt``, ``completion``, ``label`` (true = desirable)
+=============  ==========================================================================================
 """
 
 from __future__ import annotations
 
 import random
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from align_kit.data.io import read_records
 from align_kit.errors import DataError, SkipReport, describe
 
-FORMATS = ("hh-rlhf", "prompt-chosen-rejected", "sharegpt", "paired-answers", "unpaired")
+FORMATS = ("hh_rlhf", "preference", "sharegpt", "paired", "unpaired")
+# Spellings used in other tools' docs; accepted so a recipe or card can use either.
+ALIASES = {"hh-rlhf": "hh_rlhf", "prompt-chosen-rejected": "preference", "paired-answers": "paired",
+           "kto": "unpaired"}
 _ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant",
           "model": "assistant", "bot": "assistant"}
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
@@ -35,9 +38,9 @@ def detect_format(record: dict, source: str = "<records>", row: int | None = 1) 
     """Name of the preference format a record's columns indicate.
 
     >>> detect_format({"chosen": "\\n\\nHuman: hi\\n\\nAssistant: a", "rejected": "\\n\\nHuman: hi\\n\\nAssistant: b"})
-    'hh-rlhf'
+    'hh_rlhf'
     >>> detect_format({"question": "q", "response_j": "a", "response_k": "b"})
-    'paired-answers'
+    'paired'
     >>> detect_format({"prompt": "q", "completion": "a", "label": True})
     'unpaired'
     """
@@ -45,13 +48,13 @@ def detect_format(record: dict, source: str = "<records>", row: int | None = 1) 
     if {"prompt", "completion", "label"} <= keys:
         return "unpaired"
     if {"question", "response_j", "response_k"} <= keys:
-        return "paired-answers"
+        return "paired"
     if {"conversations", "chosen", "rejected"} <= keys:
         return "sharegpt"
     if {"chosen", "rejected"} <= keys:
         if "prompt" not in keys and isinstance(record["chosen"], str):
-            return "hh-rlhf"
-        return "prompt-chosen-rejected"
+            return "hh_rlhf"
+        return "preference"
     raise DataError(source, row, None, f"columns {sorted(keys)[:8]}",
                     "the columns of a preference format (" + ", ".join(FORMATS) + ")")
 
@@ -199,26 +202,43 @@ def _label(value: object, source: str, row: int | None) -> bool:
     raise DataError(source, row, "label", describe(value), "a boolean label (true = desirable)")
 
 
-def to_preference(record: dict, fmt: str | None = None, source: str = "<records>", row: int | None = None) -> dict:
+def normalise_format(fmt: str | None) -> str | None:
+    """Canonical format name (``None`` = detect); unknown names are errors listing the valid ones.
+
+    >>> normalise_format("hh-rlhf"), normalise_format("auto")
+    ('hh_rlhf', None)
+    """
+    if fmt in (None, "", "auto"):
+        return None
+    fmt = ALIASES.get(fmt, fmt)
+    if fmt not in FORMATS:
+        raise DataError("data", None, "format", repr(fmt), "a preference format: auto, " + ", ".join(FORMATS))
+    return fmt
+
+
+def to_preference(record: dict, fmt: str | None = None, source: str = "<records>", row: int | None = None,
+                  columns: dict[str, str] | None = None) -> dict:
     """Convert one record to the paired (or, for ``unpaired``, the KTO) schema; raises DataError.
+
+    ``columns`` renames source columns to the format's names first (``{"better": "chosen"}``).
 
     >>> to_preference({"question": "2+2?", "response_j": "4", "response_k": "5"})["chosen"]
     [{'role': 'assistant', 'content': '4'}]
     >>> to_preference({"prompt": "2+2?", "completion": "5", "label": "false"})["label"]
     False
     """
-    fmt = fmt or detect_format(record, source, row)
-    if fmt not in FORMATS:
-        raise DataError(source, None, "format", repr(fmt), "one of " + ", ".join(FORMATS))
-    if fmt == "hh-rlhf":
+    if columns:
+        record = {columns.get(k, k): v for k, v in record.items()}
+    fmt = normalise_format(fmt) or detect_format(record, source, row)
+    if fmt == "hh_rlhf":
         chosen = parse_hh_transcript(record.get("chosen"), source, row, "chosen")
         rejected = parse_hh_transcript(record.get("rejected"), source, row, "rejected")
         return _margin(record, split_shared_prompt(chosen, rejected, source, row), source, row)
-    if fmt == "prompt-chosen-rejected":
+    if fmt == "preference":
         return _margin(record, _from_pcr(record, source, row), source, row)
     if fmt == "sharegpt":
         return _margin(record, _from_sharegpt(record, source, row), source, row)
-    if fmt == "paired-answers":
+    if fmt == "paired":
         prompt = _messages(record.get("question"), source, row, "question")
         out = _pair(prompt, _response(record.get("response_j"), source, row, "response_j"),
                     _response(record.get("response_k"), source, row, "response_k"), source, row)
@@ -231,27 +251,35 @@ def to_preference(record: dict, fmt: str | None = None, source: str = "<records>
             "label": _label(record.get("label"), source, row)}
 
 
-def convert_records(rows: Iterable[tuple[int, dict]], source: str, fmt: str | None = None,
-                    skip: bool = False) -> tuple[list[dict], SkipReport]:
-    """Convert ``(row, record)`` pairs; strict mode raises the first DataError, skip mode counts it."""
-    report = SkipReport(source)
-    out: list[dict] = []
-    for row, record in rows:
+def convert_records(records: Iterable[tuple[int, dict]], fmt: str | None, source: str, *, skip: bool = False,
+                    report: SkipReport | None = None, columns: dict[str, str] | None = None) -> Iterator[dict]:
+    """Convert ``(row, record)`` pairs; strict mode raises the first DataError, skip mode counts it in ``report``.
+
+    With ``fmt`` auto the first good row fixes the format for the whole file, so a later row in another
+    format is reported as malformed rather than silently converted differently.
+    """
+    fmt = normalise_format(fmt)
+    for row, record in records:
         try:
-            fmt = fmt or detect_format(record, source, row)
-            out.append(to_preference(record, fmt, source, row))
+            if fmt is None:
+                fmt = detect_format({(columns or {}).get(k, k): v for k, v in record.items()}, source, row)
+            out = to_preference(record, fmt, source, row, columns)
         except DataError as err:
             if not skip:
                 raise
-            report.add(err)
+            if report is not None:
+                report.add(err)
             continue
-        report.kept += 1
-    return out, report
+        if report is not None:
+            report.kept += 1
+        yield out
 
 
 def load_preference(path: str | Path, fmt: str | None = None, skip: bool = False) -> tuple[list[dict], SkipReport]:
-    """Read a preference file of any supported format into the schema (see :func:`convert_records`)."""
-    return convert_records(read_records(path), str(path), fmt, skip)
+    """Read a preference file of any supported format into the schema; returns rows and the skip report."""
+    report = SkipReport(str(path))
+    rows = list(convert_records(read_records(path), fmt, str(path), skip=skip, report=report))
+    return rows, report
 
 
 def to_unpaired(pairs: Iterable[dict]) -> list[dict]:

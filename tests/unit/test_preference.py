@@ -51,7 +51,7 @@ def test_hh_rlhf_multi_turn_splits_shared_prompt():
 ])
 def test_hh_rlhf_bad_rows_name_file_row_and_reason(rec, field, reason):
     with pytest.raises(DataError) as info:
-        to_preference(rec, "hh-rlhf", source="hh.jsonl", row=7)
+        to_preference(rec, "hh_rlhf", source="hh.jsonl", row=7)
     err = info.value
     assert (err.source, err.row, err.field, err.reason) == ("hh.jsonl", 7, field, reason)
     assert str(err).startswith("hh.jsonl: row 7")
@@ -144,4 +144,12 @@ def test_convert_records_detects_format_once_per_source():
     rows = [(1, {"question": "q", "response_j": "a", "response_k": "b"}),
             (2, {"prompt": "q", "chosen": "a", "rejected": "b"})]
     with pytest.raises(DataError, match="mixed.jsonl: row 2: field 'question'"):
-        convert_records(rows, "mixed.jsonl")
+        list(convert_records(rows, "auto", "mixed.jsonl"))
+    with pytest.raises(DataError, match="expected a preference format: auto, hh_rlhf"):
+        list(convert_records(rows, "pairs", "mixed.jsonl"))
+
+
+def test_columns_rename_source_names_to_format_names():
+    rec = {"query": "What is 2+3?", "good": "5", "bad": "6"}
+    out = to_preference(rec, "auto", columns={"query": "prompt", "good": "chosen", "bad": "rejected"})
+    assert out["prompt"] == [USER] and out["rejected"] == [{"role": "assistant", "content": "6"}]
