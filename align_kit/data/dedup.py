@@ -25,6 +25,7 @@ import hashlib
 import re
 import unicodedata
 from dataclasses import dataclass
+from functools import lru_cache
 
 from datasketch import MinHash, MinHashLSH
 
@@ -129,8 +130,18 @@ def jaccard(a: set, b: set) -> float:
     return len(a & b) / union if union else 0.0
 
 
+@lru_cache(maxsize=8)
+def _permutations(num_perm: int, seed: int):
+    # datasketch draws the permutations anew for every MinHash (half its cost on short documents);
+    # sharing one template's draws gives the same sketches, since they depend only on (num_perm, seed)
+    template = MinHash(num_perm=num_perm, seed=seed)
+    return template.permutations, template.scheme
+
+
 def _minhash(shingle_set: set[str], cfg: MinHashConfig) -> MinHash:
-    m = MinHash(num_perm=cfg.bands * cfg.rows, seed=cfg.seed)
+    num_perm = cfg.bands * cfg.rows
+    permutations, scheme = _permutations(num_perm, cfg.seed)
+    m = MinHash(num_perm=num_perm, seed=cfg.seed, permutations=permutations, scheme=scheme)
     m.update_batch([s.encode("utf-8") for s in shingle_set])
     return m
 
