@@ -5,8 +5,9 @@ Runs on one process or many under ``accelerate launch``: each process samples it
 the critic are averaged by DDP. Metrics are averaged over processes before they are logged.
 
 Outputs in ``output_dir``: ``ppo_log.jsonl`` (one line of metrics per logged step),
-``samples.jsonl`` (decoded generations), ``checkpoint-N/`` (see ``checkpoint.py``) and ``policy/``,
-the final policy that loads with plain ``transformers`` (LoRA merged) together with the tokenizer.
+``samples.jsonl`` (decoded generations), ``checkpoint-N/`` (see ``checkpoint.py``) and ``model/``,
+the final policy that loads with plain ``transformers`` (LoRA merged; the adapter also in ``adapter/``)
+together with the tokenizer.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class PPOTrainer:
             raise AlignKitError("ppo: no prompts to train on")
         self.cfg, self.models, self.tokenizer, self.prompts = cfg, models, tokenizer, prompts
         self.output_dir = Path(output_dir)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
         self.acc = accelerator or Accelerator()
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         eos = tokenizer.eos_token_id
@@ -312,14 +314,11 @@ class PPOTrainer:
         return self.save_policy()
 
     def save_policy(self) -> Path:
-        """Write ``policy/``: plain transformers weights (LoRA merged unless the base is 4-bit) + tokenizer."""
-        out = self.output_dir / "policy"
+        """Write ``model/`` (plain transformers weights, LoRA merged unless the base is 4-bit) and the tokenizer."""
+        from align_kit.stages import common
+
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
-            policy = self.acc.unwrap_model(self.policy)
-            if self.models.mode == "lora" and not getattr(policy, "is_loaded_in_4bit", False):
-                policy = policy.merge_and_unload()  # the run is over: merging in place is fine
-            policy.save_pretrained(out)
-            self.tokenizer.save_pretrained(out)
+            common.save_final(self.acc.unwrap_model(self.policy), self.tokenizer, self.output_dir)
         self.acc.wait_for_everyone()
-        return out
+        return common.model_dir(self.output_dir)

@@ -1,0 +1,216 @@
+"""PPO loop on tiny in-process models: training moves the policy, the roles stay where they belong,
+resume is bitwise exact, the guards stop a bad run, and two processes under accelerate finish."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from align_kit.ppo.config import PPOConfig
+from align_kit.ppo.loop import PPODivergedError, PPOTrainer, left_pad
+from align_kit.ppo.modelset import build_models, causal_logits
+from align_kit.ppo.rollout import rollout
+
+HERE = Path(__file__).parent
+PROMPTS = ["Add 3 and 4.", "Reverse: abc", "Uppercase: xyz", "Sort the letters: cab", "Add 1 and 9.", "Reverse: qwe"]
+
+
+def tiny_checkpoints(root: Path) -> tuple[Path, Path]:
+    """An SFT-like causal LM and a one-label reward model (LlamaConfig hidden 32, 2 layers) saved to disk."""
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+
+    from align_kit.quickstart.model import build_tokenizer
+
+    tok = build_tokenizer()
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
+                      tie_word_embeddings=True)
+    torch.manual_seed(0)
+    policy = LlamaForCausalLM(cfg)
+    with torch.no_grad():  # make EOS likely enough that some responses end within a few tokens
+        policy.lm_head.weight[tok.eos_token_id] *= 0
+        policy.model.embed_tokens.weight[tok.eos_token_id] += 0.5
+    policy.save_pretrained(root / "sft")
+    tok.save_pretrained(root / "sft")
+    cfg.num_labels = 1
+    reward = LlamaForSequenceClassification(cfg)
+    with torch.no_grad():
+        reward.score.weight.normal_(0, 1.0)  # scores of order 1, so advantages are not all noise
+    reward.save_pretrained(root / "rm")
+    return root / "sft", root / "rm"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matmuls gain nothing from threads, and on a shared 2-core runner OpenMP spinning makes them ~50x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    return tiny_checkpoints(tmp_path_factory.mktemp("ppo_models"))
+
+
+@pytest.fixture(scope="module")
+def tokenizer(ckpts):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(ckpts[0])
+
+
+def make_cfg(**kw) -> PPOConfig:
+    base = dict(steps=3, batch_size=4, mini_batch_size=2, gradient_accumulation_steps=2, ppo_epochs=2,
+                max_new_tokens=6, learning_rate=3e-3, critic_learning_rate=3e-3, save_steps=1, sample_steps=2,
+                lr_scheduler="linear", kl_coef=0.1, lora_target_modules=["q_proj", "v_proj"], save_total_limit=None)
+    base.update(kw)
+    return PPOConfig(**base)
+
+
+def trainer_for(cfg, ckpts, tokenizer, out) -> PPOTrainer:
+    models = build_models(cfg, str(ckpts[0]), str(ckpts[1]), pad_token_id=tokenizer.pad_token_id)
+    prompts = [tokenizer(p).input_ids for p in PROMPTS]
+    return PPOTrainer(cfg, models, tokenizer, prompts, out)
+
+
+def trained(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_rollout_reads_logprobs_and_reward_where_transformers_does(ckpts, tokenizer):
+    """Left padding changes no log-prob; the reward is the sequence classifier's own output at the last token."""
+    from transformers import AutoModelForSequenceClassification
+
+    cfg = make_cfg(max_new_tokens=5)
+    models = build_models(cfg, str(ckpts[0]), str(ckpts[1]), pad_token_id=tokenizer.pad_token_id)
+    ids, mask = left_pad([tokenizer(p).input_ids for p in PROMPTS[:2]], tokenizer.pad_token_id)
+    torch.manual_seed(3)
+    exp = rollout(models, models.policy, models.critic, ids, mask, cfg, [tokenizer.eos_token_id], tokenizer.pad_token_id)
+    assert exp.response_ids.shape == exp.logprobs.shape == exp.values.shape == (2, exp.response_ids.shape[1])
+    assert torch.equal(exp.logprobs, exp.ref_logprobs)  # reference = policy before any update
+    rm = AutoModelForSequenceClassification.from_pretrained(ckpts[1]).eval()
+    for row in range(2):  # the same sequence alone, without padding, through plain transformers
+        seq = torch.cat([ids[row][mask[row].bool()], exp.response_ids[row][exp.response_mask[row].bool()]])
+        prompt_len = int(mask[row].sum())
+        with torch.no_grad():
+            logits = models.policy(seq[None]).logits[0, prompt_len - 1 : -1]
+            hf_score = rm(seq[None]).logits[0, 0]
+        alone = torch.log_softmax(logits, -1).gather(1, seq[prompt_len:, None])[:, 0]
+        n = len(alone)
+        assert torch.allclose(exp.logprobs[row, :n], alone, atol=1e-5)
+        if exp.response_ids[row, n - 1] != tokenizer.pad_token_id:  # HF skips trailing pad ids, we do not
+            assert torch.allclose(exp.raw_scores[row], hf_score, atol=1e-5)
+
+
+def test_short_run_trains_policy_and_critic_only(ckpts, tokenizer, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    trainer = trainer_for(make_cfg(), ckpts, tokenizer, tmp_path)
+    models = trainer.models
+    before = {"policy": trained(models.policy), "critic": trained(models.critic),
+              "ref": {n: p.clone() for n, p in models.reference.named_parameters()},
+              "reward": {n: p.clone() for n, p in models.reward.named_parameters()}}
+    out = trainer.train()
+    for role in ("policy", "critic"):
+        moved = [n for n, p in trained(getattr(models, role)).items() if not torch.equal(p, before[role][n])]
+        assert len(moved) == len(before[role]), f"{role}: only {len(moved)} of {len(before[role])} tensors moved"
+    assert all(torch.equal(p, before["ref"][n]) for n, p in models.reference.named_parameters())
+    assert all(torch.equal(p, before["reward"][n]) for n, p in models.reward.named_parameters())
+    logs = [json.loads(line) for line in (tmp_path / "ppo_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logs] == [1, 2, 3]
+    assert logs[0]["kl"] == 0.0 and all(0 < r["kl"] < 10 for r in logs[1:])  # identical at step 1, then finite
+    for key in ("score", "entropy", "clip_fraction", "approx_kl", "policy_loss", "value_loss",
+                "explained_variance", "response_length", "kl_coef"):
+        assert all(torch.isfinite(torch.tensor(r[key])) for r in logs), key
+    assert len((tmp_path / "samples.jsonl").read_text().splitlines()) == 2 * 2  # steps 1 and 2, two samples
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2", "checkpoint-3"]
+    reloaded = AutoModelForCausalLM.from_pretrained(out)  # plain transformers
+    assert torch.equal(reloaded.lm_head.weight, models.policy.lm_head.weight)
+
+
+def test_lora_mode_shares_bases(ckpts, tokenizer, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    cfg = make_cfg(memory_mode="lora", steps=2, learning_rate=3e-2)
+    trainer = trainer_for(cfg, ckpts, tokenizer, tmp_path)
+    models = trainer.models
+    assert models.reference is None and models.reward is None
+    sft = AutoModelForCausalLM.from_pretrained(ckpts[0]).eval()
+    ids, mask = left_pad([tokenizer(p).input_ids for p in PROMPTS[:3]], tokenizer.pad_token_id)
+    scores_before = models.reward_forward(models.critic, ids, mask).detach()
+    trainer.train()
+    with torch.no_grad():
+        ref = models.reference_forward(models.policy, ids, mask)
+        assert torch.allclose(ref, causal_logits(sft, ids, mask), atol=1e-5)  # adapter off = the SFT model
+        assert not torch.allclose(causal_logits(models.policy, ids, mask), ref, atol=1e-4)  # adapter on moved
+        assert torch.equal(models.reward_forward(models.critic, ids, mask), scores_before)  # reward head untouched
+        assert not torch.equal(models.critic(ids, mask), scores_before)  # the critic's copy of the head trained
+
+
+def test_resume_is_bitwise_identical_and_skips_tmp(ckpts, tokenizer, tmp_path, caplog):
+    cfg = make_cfg(steps=4, save_steps=2, adaptive_kl=True, kl_target=0.01, kl_horizon=50)
+    full = trainer_for(cfg, ckpts, tokenizer, tmp_path / "full")
+    full.train()
+    # a run killed after checkpoint-2, while writing checkpoint-4
+    shutil.copytree(tmp_path / "full" / "checkpoint-2", tmp_path / "cut" / "checkpoint-2")
+    (tmp_path / "cut" / "checkpoint-4.tmp").mkdir()
+    (tmp_path / "cut" / "checkpoint-4.tmp" / "policy.safetensors").write_bytes(b"half-written")
+    with caplog.at_level(logging.WARNING):
+        resumed = trainer_for(cfg, ckpts, tokenizer, tmp_path / "cut")
+    assert resumed.step_done == 2 and "checkpoint-4.tmp" in caplog.text
+    resumed.train()
+    for role in ("policy", "critic"):
+        a, b = trained(getattr(full.models, role)), trained(getattr(resumed.models, role))
+        assert all(torch.equal(a[n], b[n]) for n in a), role
+    assert full.kl_ctl.kl_coef == resumed.kl_ctl.kl_coef != cfg.kl_coef
+    assert full.opt_policy.state_dict()["state"][0]["exp_avg"].equal(resumed.opt_policy.state_dict()["state"][0]["exp_avg"])
+
+
+def test_nan_guard_and_kl_limit_keep_last_checkpoint(ckpts, tokenizer, tmp_path):
+    trainer = trainer_for(make_cfg(steps=1), ckpts, tokenizer, tmp_path / "nan")
+    trainer.train()
+    trainer.cfg = replace(trainer.cfg, steps=3)
+    with torch.no_grad():
+        trainer.models.critic.model.score.weight.fill_(float("nan"))
+    with pytest.raises(PPODivergedError, match=r"step 2: .*NaN.*checkpoint-1"):
+        trainer.train()
+    assert (tmp_path / "nan" / "checkpoint-1" / "trainer_state.json").exists()
+    assert not (tmp_path / "nan" / "checkpoint-2").exists()
+
+    limited = trainer_for(make_cfg(steps=3, kl_limit=1e-6), ckpts, tokenizer, tmp_path / "kl")
+    with pytest.raises(PPODivergedError, match=r"step 2: mean KL .* exceeds kl_limit 1e-06.*checkpoint-1"):
+        limited.train()
+    assert [p.name for p in (tmp_path / "kl").glob("checkpoint-*")] == ["checkpoint-1"]
+
+
+def test_two_processes_under_accelerate_run_to_the_end_and_resume(ckpts, tmp_path):
+    """``accelerate launch --multi_gpu --num_processes 2`` on CPU (gloo): a full run, then a resume from checkpoint-2."""
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+           str(HERE / "ppo_ddp_script.py"), str(ckpts[0]), str(ckpts[1]), str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result == {"num_processes": 2, "steps": 4, "resumed_at": 2, "policy_moved": True,
+                      "resume_identical": True, "ranks_agree": True}
+    assert "ignoring incomplete checkpoint checkpoint-4.tmp" in proc.stderr
+    for run in ("full", "cut"):
+        assert (tmp_path / run / "model" / "model.safetensors").exists()
+        assert sorted(p.name for p in (tmp_path / run).glob("rng_state_*.pt")) == []
+        assert sorted(p.name for p in (tmp_path / run / "checkpoint-4").glob("rng_state_*.pt")) == [
+            "rng_state_0.pt", "rng_state_1.pt"]
+    assert (tmp_path / "full" / "model" / "model.safetensors").read_bytes() == (
+        tmp_path / "cut" / "model" / "model.safetensors").read_bytes()
