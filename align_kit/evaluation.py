@@ -1,0 +1,183 @@
+"""Evaluation with real models: perplexity, reward-model accuracy, win rate, verifier accuracy, samples.
+
+Each function computes its inputs with the model and hands the numbers to the matching ``evaluate`` metric in
+:mod:`align_kit.metrics`, so the formulas live in one place and users can apply them to their own numbers.
+A score function has the shape of :class:`align_kit.scoring.RewardScorer`: ``score_fn(prompt_messages,
+responses) -> list[float]``; a verifier that of the quickstart tasks: ``verify(prompt_text, response) -> bool``.
+Long loops show a tqdm bar on a terminal (and stay silent in logs and CI).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from align_kit.errors import DataError, describe
+from align_kit.metrics import compute
+
+ScoreFn = Callable[[list[dict], list[str]], list[float]]
+
+
+def _bar(iterable, desc: str, total: int | None = None):
+    return tqdm(iterable, desc=desc, total=total, disable=None, leave=False)  # None: off when not a TTY
+
+
+def _windows(ids: list[int], max_length: int) -> list[list[int]]:
+    """Split a long token list into consecutive windows of at most ``max_length`` tokens.
+
+    >>> _windows(list(range(7)), 3)
+    [[0, 1, 2], [3, 4, 5], [6]]
+    """
+    return [ids[i:i + max_length] for i in range(0, len(ids), max_length)]
+
+
+@torch.no_grad()
+def token_logprobs(model, tokenizer, texts: Sequence[str], max_length: int = 512, batch_size: int = 8) -> list[list[float]]:
+    """Natural-log probability of every predicted token of each text, one list per text.
+
+    A text longer than ``max_length`` is cut into consecutive windows; the first token of each window is
+    given (not scored), so each window scores ``len - 1`` tokens. Padding is never scored.
+    """
+    model.eval()
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pieces: list[tuple[int, list[int]]] = []  # (text index, window ids)
+    for i, text in enumerate(texts):
+        if not isinstance(text, str) or not text.strip():
+            raise DataError("texts", i + 1, "text", describe(text), "a non-empty string")
+        for window in _windows(tokenizer(text)["input_ids"], max_length):
+            if len(window) > 1:
+                pieces.append((i, window))
+    out: list[list[float]] = [[] for _ in texts]
+    device = next(model.parameters()).device
+    for start in _bar(range(0, len(pieces), batch_size), "perplexity", total=-(-len(pieces) // batch_size)):
+        chunk = pieces[start:start + batch_size]
+        width = max(len(w) for _, w in chunk)
+        ids = torch.tensor([w + [pad] * (width - len(w)) for _, w in chunk], device=device)
+        mask = torch.tensor([[1] * len(w) + [0] * (width - len(w)) for _, w in chunk], device=device)
+        logits = model(input_ids=ids, attention_mask=mask).logits.float()
+        # logits[:, t] predicts token t + 1: shift by one and read the log-prob of the actual next token
+        logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+        for row, (text_index, window) in enumerate(chunk):
+            out[text_index].extend(logp[row, : len(window) - 1].tolist())
+    return out
+
+
+def perplexity(model, tokenizer, texts: Sequence[str], max_length: int = 512, batch_size: int = 8) -> dict:
+    """Token-weighted perplexity of held-out texts: ``exp(sum NLL / tokens)`` (see ``token_perplexity``)."""
+    return compute("token_perplexity", logprobs=token_logprobs(model, tokenizer, texts, max_length, batch_size))
+
+
+def _prompt_of(record: dict, row: int) -> list[dict]:
+    prompt = record.get("prompt")
+    if isinstance(prompt, str) and prompt.strip():
+        return [{"role": "user", "content": prompt}]
+    if isinstance(prompt, list) and prompt and all(isinstance(m, dict) for m in prompt):
+        return prompt
+    messages = record.get("messages")
+    if isinstance(messages, list) and messages:  # a conversation: everything up to the last user turn
+        last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=None)
+        if last_user is not None:
+            return messages[: last_user + 1]
+    raise DataError("prompts", row, "prompt", describe(prompt), "a prompt string, a list of messages, or messages")
+
+
+def prompts_from_records(records: Sequence[dict]) -> list[list[dict]]:
+    """Conversations that end with a user turn, from ``{"prompt": str | messages}`` or ``{"messages": ...}``.
+
+    >>> prompts_from_records([{"prompt": "Hi"}, {"messages": [{"role": "user", "content": "a"},
+    ...                                                      {"role": "assistant", "content": "b"}]}])
+    [[{'role': 'user', 'content': 'Hi'}], [{'role': 'user', 'content': 'a'}]]
+    """
+    return [_prompt_of(r, i + 1) for i, r in enumerate(records)]
+
+
+def generate_responses(model, tokenizer, prompts: Sequence[list[dict]], max_new_tokens: int = 32,
+                       batch_size: int = 16, desc: str = "generate") -> list[str]:
+    """Greedy responses to conversations, batch by batch with a progress bar."""
+    from align_kit.generation import generate
+
+    out: list[str] = []
+    for start in _bar(range(0, len(prompts), batch_size), desc, total=-(-len(prompts) // batch_size)):
+        out += generate(model, tokenizer, list(prompts[start:start + batch_size]), max_new_tokens=max_new_tokens,
+                        batch_size=batch_size)
+    return out
+
+
+def reward_accuracy(score_fn: ScoreFn, pairs: Sequence[dict]) -> dict:
+    """Pairwise accuracy and mean margin of a reward model on preference pairs (ties count half).
+
+    ``pairs`` use the Preference schema: ``{"prompt": [messages], "chosen": [assistant msg], "rejected": [...]}``.
+    """
+    chosen, rejected = [], []
+    for pair in _bar(pairs, "reward pairs"):
+        c, r = score_fn(pair["prompt"], [pair["chosen"][-1]["content"], pair["rejected"][-1]["content"]])
+        chosen.append(c)
+        rejected.append(r)
+    result = compute("reward_accuracy", chosen_scores=chosen, rejected_scores=rejected)
+    return {**result, "chosen_scores": chosen, "rejected_scores": rejected}
+
+
+def win_rate(policy, reference, tokenizer, prompts: Sequence[list[dict]], score_fn: ScoreFn,
+             max_new_tokens: int = 32, reference_tokenizer=None, tie_margin: float = 0.0) -> dict:
+    """Win rate of ``policy`` against ``reference`` on ``prompts``, both answering greedily, judged by ``score_fn``.
+
+    Returns the metric's numbers plus ``samples`` (prompt, policy, reference and both scores per prompt).
+    """
+    policy_out = generate_responses(policy, tokenizer, prompts, max_new_tokens, desc="policy")
+    reference_out = generate_responses(reference, reference_tokenizer or tokenizer, prompts, max_new_tokens,
+                                       desc="reference")
+    p_scores, r_scores = [], []
+    for prompt, p, r in _bar(list(zip(prompts, policy_out, reference_out)), "judge"):
+        ps, rs = score_fn(prompt, [p, r])
+        p_scores.append(ps)
+        r_scores.append(rs)
+    result = compute("win_rate", policy_scores=p_scores, reference_scores=r_scores, tie_margin=tie_margin)
+    samples = [{"prompt": pr[-1]["content"], "policy": p, "reference": r, "policy_score": ps, "reference_score": rs}
+               for pr, p, r, ps, rs in zip(prompts, policy_out, reference_out, p_scores, r_scores)]
+    return {**result, "samples": samples}
+
+
+def task_accuracy(model, tokenizer, prompts: Sequence[list[dict]], verify: Callable[[str, str], bool] | str,
+                  max_new_tokens: int = 16) -> dict:
+    """Share of greedy answers ``verify(prompt_text, response)`` accepts (prompt text = the last user turn).
+
+    ``verify`` may also be a ``module:function`` name or a builtin of the ``verifier_accuracy`` metric.
+    """
+    responses = generate_responses(model, tokenizer, prompts, max_new_tokens, desc="verifier")
+    texts = [p[-1]["content"] for p in prompts]
+    result = compute("verifier_accuracy", predictions=responses, references=texts, verifier=verify)
+    return {**result, "responses": responses}
+
+
+def _cell(text: object, max_chars: int) -> str:
+    """One Markdown table cell: newlines and pipes escaped, long text cut with an ellipsis.
+
+    >>> _cell("a|b\\nc", 10), _cell("x" * 12, 5)
+    ('a\\\\|b<br>c', 'xxxx…')
+    """
+    s = str(text).replace("|", "\\|").replace("\r", "").replace("\n", "<br>")
+    return s if len(s) <= max_chars else s[: max_chars - 1] + "…"
+
+
+def side_by_side(prompts: Sequence[str | list[dict]], columns: dict[str, Sequence[str]], max_chars: int = 160,
+                 limit: int = 10) -> str:
+    """A Markdown table with one row per prompt and one column per model's response.
+
+    >>> print(side_by_side(["Add 1 and 2."], {"base": ["4"], "sft": ["3"]}))
+    | prompt | base | sft |
+    |---|---|---|
+    | Add 1 and 2. | 4 | 3 |
+    """
+    names = list(columns)
+    for name in names:
+        if len(columns[name]) < min(len(prompts), limit):
+            raise DataError("side_by_side", None, name, f"{len(columns[name])} responses",
+                            f"one response per prompt ({min(len(prompts), limit)})")
+    lines = ["| prompt | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 1)]
+    for i, prompt in enumerate(list(prompts)[:limit]):
+        text = prompt[-1]["content"] if isinstance(prompt, list) else prompt
+        cells = [_cell(text, max_chars)] + [_cell(columns[n][i], max_chars) for n in names]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

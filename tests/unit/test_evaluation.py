@@ -1,0 +1,124 @@
+"""Evaluation with real (tiny, in-process) models: perplexity equals exp(HF loss), reward accuracy, win rate,
+verifier accuracy and the side-by-side table."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from align_kit.errors import DataError
+from align_kit.evaluation import (
+    perplexity,
+    reward_accuracy,
+    side_by_side,
+    task_accuracy,
+    token_logprobs,
+    win_rate,
+)
+
+WORDS = "<unk> <pad> <s> </s> the a cat dog sat on mat user assistant : hello world is red blue".split()
+TEMPLATE = ("{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} </s> {% endfor %}"
+            "{% if add_generation_prompt %}assistant : {% endif %}")
+PROMPTS = [[{"role": "user", "content": p}] for p in ("hello", "the dog", "red world", "a mat is blue")]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    hf = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>", bos_token="<s>",
+                                 eos_token="</s>")
+    hf.chat_template = TEMPLATE
+    return hf
+
+
+def tiny_llama(seed: int) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(WORDS), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64, pad_token_id=1,
+                      bos_token_id=2, eos_token_id=3)
+    return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def cat_policy(tok):
+    """A model trained for 40 Adam steps to answer every prompt with "cat"."""
+    model = tiny_llama(0).train()
+    texts = [tok.apply_chat_template(p + [{"role": "assistant", "content": "cat"}], tokenize=False) for p in PROMPTS]
+    batch = tok(texts, return_tensors="pt", padding=True)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-2)
+    for _ in range(40):
+        loss = model(**batch, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def test_perplexity_equals_exp_of_model_loss(tok):
+    model = tiny_llama(1)
+    texts = ["the cat sat on the mat", "a dog"]
+    with torch.no_grad():
+        losses = [model(**tok(t, return_tensors="pt"), labels=tok(t, return_tensors="pt")["input_ids"]).loss.item()
+                  for t in texts]
+    # HF's loss is the mean over the n - 1 predicted tokens: 5 and 1 here; the corpus mean weighs by tokens
+    out = perplexity(model, tok, texts, batch_size=2)  # one padded batch: padding must not count
+    assert out["num_tokens"] == 6
+    assert out["mean_nll"] == pytest.approx((5 * losses[0] + 1 * losses[1]) / 6, abs=1e-5)
+    assert out["perplexity"] == pytest.approx(math.exp(out["mean_nll"]), rel=1e-9)
+    # windows of 3 tokens: "the cat sat | on the mat" scores 2 + 2 tokens, each window on its own
+    logp = token_logprobs(model, tok, ["the cat sat on the mat"], max_length=3)
+    with torch.no_grad():
+        parts = [model(**tok(t, return_tensors="pt"), labels=tok(t, return_tensors="pt")["input_ids"]).loss.item()
+                 for t in ("the cat sat", "on the mat")]
+    assert len(logp[0]) == 4 and -sum(logp[0]) == pytest.approx(2 * parts[0] + 2 * parts[1], abs=1e-5)
+    with pytest.raises(DataError, match="row 2: field 'text'"):
+        perplexity(model, tok, ["fine", "  "])
+
+
+def test_reward_accuracy_with_scorer():
+    pairs = [{"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "assistant", "content": c}],
+              "rejected": [{"role": "assistant", "content": r}]}
+             for c, r in (("long answer", "no"), ("abc", "xyz"), ("a", "longer"), ("yes indeed", "ok"))]
+    seen = []
+
+    def by_length(prompt, responses):
+        seen.append(prompt[-1]["content"])
+        return [float(len(r)) for r in responses]
+
+    out = reward_accuracy(by_length, pairs)
+    assert out["accuracy"] == pytest.approx((2 + 0.5) / 4) and out["ties"] == 1 and seen == ["q"] * 4
+    assert out["mean_margin"] == pytest.approx((9 + 0 - 5 + 8) / 4)
+
+
+def test_win_rate_and_task_accuracy_see_the_trained_policy(tok, cat_policy):
+    reference = tiny_llama(0)  # the policy's starting point
+
+    def count_cats(prompt, responses):
+        return [float(r.split().count("cat")) for r in responses]
+
+    same = win_rate(reference, reference, tok, PROMPTS, count_cats, max_new_tokens=4)
+    assert (same["ties"], same["win_rate"]) == (4, 0.5)  # a policy equal to its reference: exactly even
+    out = win_rate(cat_policy, reference, tok, PROMPTS, count_cats, max_new_tokens=4)
+    assert [s["policy"].split()[0] for s in out["samples"]] == ["cat"] * 4
+    assert out["wins"] == 4 - sum(s["reference"].split()[:1] == ["cat"] for s in out["samples"])
+    assert out["win_rate"] == (out["wins"] + 0.5 * out["ties"]) / 4 and out["wins"] >= 3
+
+    def says_cat(prompt, response):
+        return response.split()[:1] == ["cat"]
+
+    trained = task_accuracy(cat_policy, tok, PROMPTS, says_cat, max_new_tokens=2)
+    before = task_accuracy(reference, tok, PROMPTS, says_cat, max_new_tokens=2)
+    assert trained["accuracy"] == 1.0 and trained["correct"] == 4
+    assert before["accuracy"] == sum(r.split()[:1] == ["cat"] for r in before["responses"]) / 4 < 1.0
+
+    table = side_by_side(PROMPTS, {"before": before["responses"], "after": trained["responses"]})
+    rows = table.splitlines()
+    assert rows[0] == "| prompt | before | after |" and len(rows) == 6
+    assert rows[2].startswith("| hello | ") and rows[2].endswith(f"| {trained['responses'][0]} |")
