@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import random
+import time
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ from align_kit.ppo.experience import Experience
 from align_kit.ppo.kl import AdaptiveKLController, FixedKLController, kl_per_token
 from align_kit.ppo.losses import entropy_from_logits, explained_variance, logprobs_of, policy_loss, value_loss
 from align_kit.ppo.modelset import PPOModels, causal_logits, load_trainable_state, trainable_state
-from align_kit.ppo.rollout import add_advantages, rollout
+from align_kit.ppo.rollout import add_advantages, generate, score_responses
 
 log = logging.getLogger(__name__)
 
@@ -131,9 +132,15 @@ class PPOTrainer:
         query_ids, query_mask = left_pad(self._batch_prompts(self.step_done), self.pad_id)
         policy_u, critic_u = acc.unwrap_model(self.policy), acc.unwrap_model(self.critic)
         self.models.eval()
-        exp = rollout(self.models, policy_u, critic_u, query_ids.to(acc.device), query_mask.to(acc.device),
-                      cfg, self.stop_ids, self.pad_id)
+        query_ids, query_mask = query_ids.to(acc.device), query_mask.to(acc.device)
+        clock = time.perf_counter()
+        response_ids = generate(policy_u, query_ids, query_mask, cfg, self.stop_ids, self.pad_id)
+        timings = {"time_generate": time.perf_counter() - clock}
+        clock = time.perf_counter()
+        exp = score_responses(self.models, policy_u, critic_u, query_ids, query_mask, response_ids, cfg,
+                              self.stop_ids, self.pad_id)
         add_advantages(exp, cfg, self.kl_ctl.kl_coef)
+        timings["time_score"] = time.perf_counter() - clock
         mask = exp.response_mask
         # KL per response, summed over its tokens with k3 (unbiased and never negative, unlike k1), whatever
         # estimator the reward uses: the controller, kl_limit and the logs all read this one number.
@@ -151,7 +158,10 @@ class PPOTrainer:
         self._guard(metrics, ("score", "kl", "value_mean"))
         if cfg.kl_limit is not None and metrics["kl"] > cfg.kl_limit:
             self._stop(f"mean KL to the reference {metrics['kl']:.3f} exceeds kl_limit {cfg.kl_limit}")
+        clock = time.perf_counter()
         metrics.update(self._update(exp))
+        timings["time_update"] = time.perf_counter() - clock
+        metrics.update(timings)  # seconds on the main process (the slowest rank sets the pace anyway)
         self.kl_ctl.update(metrics["kl"], cfg.batch_size * acc.num_processes)
         self.step_done += 1
         metrics["step"] = self.step_done

@@ -71,10 +71,20 @@ def rollout(models: PPOModels, policy: torch.nn.Module, critic: torch.nn.Module,
             query_mask: torch.Tensor, cfg: PPOConfig, stop_ids: list[int], pad_id: int) -> Experience:
     """Sample one response per prompt and evaluate it under all four roles.
 
-    ``policy`` and ``critic`` are the unwrapped (not DDP) trained models. Forwards run in chunks of
-    ``cfg.mini_batch_size`` rows to bound activation memory.
+    ``policy`` and ``critic`` are the unwrapped (not DDP) trained models.
     """
     response_ids = generate(policy, query_ids, query_mask, cfg, stop_ids, pad_id)
+    return score_responses(models, policy, critic, query_ids, query_mask, response_ids, cfg, stop_ids, pad_id)
+
+
+@torch.no_grad()
+def score_responses(models: PPOModels, policy: torch.nn.Module, critic: torch.nn.Module, query_ids: torch.Tensor,
+                    query_mask: torch.Tensor, response_ids: torch.Tensor, cfg: PPOConfig, stop_ids: list[int],
+                    pad_id: int) -> Experience:
+    """Cut sampled ``(B, T)`` responses at their stop id and collect log-probs, values and scores.
+
+    Forwards run in chunks of ``cfg.mini_batch_size`` rows to bound activation memory.
+    """
     response_ids, response_mask, ended = cut_at_stop(response_ids, stop_ids, pad_id)
     prompt_len = query_ids.shape[1]
     ids = torch.cat([query_ids, response_ids], dim=1)

@@ -214,3 +214,32 @@ def test_two_processes_under_accelerate_run_to_the_end_and_resume(ckpts, tmp_pat
             "rng_state_0.pt", "rng_state_1.pt"]
     assert (tmp_path / "full" / "model" / "model.safetensors").read_bytes() == (
         tmp_path / "cut" / "model" / "model.safetensors").read_bytes()
+
+
+def test_ppo_stage_from_a_recipe(ckpts, tmp_path):
+    """The ``ppo`` stage: recipe -> prompts through the chat template -> PPO -> model/ and before/after eval."""
+    from transformers import AutoModelForCausalLM
+
+    from align_kit.config import load_recipe, recipe_from_dict
+    from align_kit.stages import run_stage
+
+    shipped = load_recipe(HERE.parents[1] / "recipes" / "tiny" / "ppo.yaml")
+    assert isinstance(shipped.trainer_config(), PPOConfig) and shipped.options.reward_model.endswith("reward")
+    recipe = recipe_from_dict({
+        "stage": "ppo", "output_dir": str(tmp_path), "seed": 1, "model": {"name_or_path": str(ckpts[0])},
+        "data": {"train": [{"name": "quickstart-tasks", "split": "train", "max_rows": 16}],
+                 "eval": [{"name": "quickstart-tasks", "split": "test", "max_rows": 4}]},
+        "ppo": {"reward_model": str(ckpts[1]), "verifier": "align_kit.quickstart.tasks:verify",
+                "eval_max_new_tokens": 4},
+        "trainer": {"steps": 2, "batch_size": 4, "mini_batch_size": 4, "max_new_tokens": 4, "save_steps": 2},
+    })
+    out = run_stage(recipe)
+    evals = json.loads((out / "eval.json").read_text())
+    for when in ("before", "after"):
+        assert evals[when]["prompts"] == 4 and evals[when]["verifier_accuracy"] == 0.0  # an untrained model
+    assert AutoModelForCausalLM.from_pretrained(out / "model").num_parameters() > 0
+    first = json.loads((out / "samples.jsonl").read_text().splitlines()[0])
+    assert first["prompt"].startswith("<|begin_of_text|><|start_header_id|>user")  # through the chat template
+    assert "<|eot_id|><|start_header_id|>assistant<|end_header_id|>" in first["prompt"]
+    with pytest.raises(Exception, match="memory_mode: lora needs a peft"):
+        recipe_from_dict({**recipe.to_dict(), "ppo": {"reward_model": "x"}, "trainer": {"memory_mode": "lora"}})

@@ -1,0 +1,151 @@
+"""PPO (RLHF): the SFT policy learns from a reward model with a KL leash to itself. align_kit's own loop
+(``align_kit/ppo/``); the recipe's ``trainer:`` block fills :class:`align_kit.ppo.config.PPOConfig`.
+
+``model`` is the SFT checkpoint (the stage folder or its ``model/``), ``ppo.reward_model`` the reward
+stage's output. ``data`` gives prompts: conversations (the final assistant turn is dropped) or
+preference pairs (their prompt). A ``peft:`` block selects and configures LoRA mode; a
+``quantization:`` block loads the frozen parts (the shared bases in LoRA mode) in 4-bit. Before and
+after training the held-out prompts are answered greedily and scored; ``eval.json`` holds both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from align_kit.errors import ConfigError
+from align_kit.ppo.config import PPOConfig
+
+log = logging.getLogger("align_kit")
+TRAINER_CONFIG = PPOConfig
+
+
+@dataclass
+class Options:
+    reward_model: str
+    """The reward stage's output folder (or its model/): a one-label sequence classifier."""
+    prompts_from: Literal["conversations", "preferences"] = "conversations"
+    """Read data as conversations (drop the last assistant turn) or preference pairs (take the prompt)."""
+    max_prompt_length: int = 256
+    """Prompts longer than this many tokens are dropped (and counted in the log)."""
+    verifier: str | None = None
+    """module:function judging (prompt, response) -> bool; its accuracy is reported before and after."""
+    eval_max_new_tokens: int = 16
+    """Response length of the greedy before/after evaluation."""
+    eval_prompts: int = 200
+    """At most this many held-out prompts in the before/after evaluation."""
+
+
+OPTIONS = Options
+
+
+def checkpoint_dir(path: str) -> Path:
+    """A stage's output folder resolves to its ``model/``; any other folder is taken as it is."""
+    folder = Path(path)
+    if (folder / "model" / "config.json").exists():
+        return folder / "model"
+    if not (folder / "config.json").exists():
+        raise ConfigError(f"'{path}' is not a checkpoint folder (no config.json in it or in its model/)")
+    return folder
+
+
+def _check(recipe) -> None:
+    if recipe.data is None:
+        raise ConfigError("data: the ppo stage needs prompts (data.train)")
+    if recipe.peft is not None and recipe.trainer.get("memory_mode", "separate") != "lora":
+        raise ConfigError("peft: a LoRA block in a ppo recipe means LoRA mode; set trainer.memory_mode: lora")
+    if recipe.trainer.get("memory_mode") == "lora" and recipe.peft is None:
+        raise ConfigError("trainer.memory_mode: lora needs a peft: block (rank, alpha, target modules)")
+
+
+VALIDATORS = (_check,)
+
+
+def ppo_config(recipe, family_targets) -> PPOConfig:
+    """The trainer config, with LoRA and 4-bit settings taken from the recipe's peft/quantization blocks."""
+    cfg = recipe.trainer_config()
+    if recipe.peft is not None:
+        p = recipe.peft
+        targets = list(family_targets) if p.target_modules == "auto" else list(p.target_modules)
+        cfg = dataclasses.replace(cfg, lora_r=p.r, lora_alpha=p.alpha, lora_dropout=p.dropout,
+                                  lora_target_modules=targets)
+    if recipe.quantization is not None:
+        cfg = dataclasses.replace(cfg, quantize_frozen=True)
+    return cfg
+
+
+def encode_prompts(rows: list[dict], tokenizer, kind: str, max_len: int) -> tuple[list[list[int]], list[str]]:
+    """Chat-template token ids (generation prompt appended) and the last user text of each prompt."""
+    ids, texts, dropped = [], [], 0
+    for row in rows:
+        messages = row["messages"][:-1] if kind == "conversations" else row["prompt"]
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        enc = tokenizer(text, add_special_tokens=False).input_ids
+        if len(enc) > max_len:
+            dropped += 1
+            continue
+        ids.append(enc)
+        texts.append(messages[-1]["content"])
+    if dropped:
+        log.warning("ppo: %d of %d prompts are longer than max_prompt_length=%d and were dropped", dropped,
+                    len(rows), max_len)
+    return ids, texts
+
+
+def run(recipe) -> Path:
+    from accelerate import Accelerator
+
+    from align_kit.data.sources import load_data
+    from align_kit.families import family_for_model_type, get_family, get_template, stop_token_ids
+    from align_kit.generation import load_callable
+    from align_kit.models import load_tokenizer, resolve_dtype
+    from align_kit.ppo.evaluate import evaluate_policy
+    from align_kit.ppo.loop import PPOTrainer
+    from align_kit.ppo.modelset import build_models
+    from align_kit.runlog import start_run
+    from align_kit.stages import common
+
+    opts, out = recipe.options, Path(recipe.output_dir)
+    policy_dir = checkpoint_dir(recipe.model.name_or_path)
+    reward_dir = checkpoint_dir(opts.reward_model)
+    tokenizer = load_tokenizer(dataclasses.replace(recipe.model, name_or_path=str(policy_dir)))
+    stops = stop_token_ids(tokenizer, get_template(tokenizer.align_kit_template))
+    kind = "instruction" if opts.prompts_from == "conversations" else "preference"
+    data = load_data(recipe.data, kind)
+    train_ids, _ = encode_prompts(data.train, tokenizer, opts.prompts_from, opts.max_prompt_length)
+    eval_ids, eval_texts = encode_prompts(data.eval[: opts.eval_prompts], tokenizer, opts.prompts_from,
+                                          opts.max_prompt_length)
+    if recipe.model.family == "auto":
+        from transformers import AutoConfig
+
+        family = family_for_model_type(AutoConfig.from_pretrained(policy_dir).model_type)
+    else:
+        family = get_family(recipe.model.family)
+    cfg = ppo_config(recipe, family.lora_targets)
+    acc = Accelerator()
+    models = build_models(cfg, str(policy_dir), str(reward_dir), dtype=resolve_dtype(recipe.model.dtype),
+                          pad_token_id=tokenizer.pad_token_id)
+    run_info = start_run(recipe, data, extra={"train_prompts": len(train_ids), "eval_prompts": len(eval_ids)})
+    verify = load_callable(opts.verifier) if opts.verifier else None
+    trainer = PPOTrainer(cfg, models, tokenizer, train_ids, out, accelerator=acc, stop_token_ids=stops)
+
+    def evaluate() -> dict:
+        if not eval_ids or not acc.is_main_process:
+            return {}
+        return evaluate_policy(models, acc.unwrap_model(trainer.policy), acc.unwrap_model(trainer.critic),
+                               tokenizer, eval_ids, eval_texts, stops, opts.eval_max_new_tokens, verify)
+
+    evals = {"before": evaluate()} if trainer.step_done == 0 else {}
+    trainer.train()
+    evals["after"] = evaluate()
+    if acc.is_main_process:
+        log.info("ppo eval: before %s after %s", evals.get("before"), evals["after"])
+        common.write_json(out / "eval.json", evals)
+        from align_kit.runlog import _manifest
+
+        _manifest(run_info, evals)
+    acc.wait_for_everyone()
+    return out
