@@ -122,3 +122,27 @@ def test_win_rate_and_task_accuracy_see_the_trained_policy(tok, cat_policy):
     rows = table.splitlines()
     assert rows[0] == "| prompt | before | after |" and len(rows) == 6
     assert rows[2].startswith("| hello | ") and rows[2].endswith(f"| {trained['responses'][0]} |")
+
+
+def test_cli_eval_perplexity_and_samples(tok, cat_policy, tmp_path, capsys):
+    import json
+
+    from align_kit.cli import main
+
+    for name, model in (("base", tiny_llama(0)), ("sft", cat_policy)):
+        model.save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+    (tmp_path / "held_out.txt").write_text("the cat sat on the mat\na dog is red\n")
+    out = tmp_path / "ppl.json"
+    assert main(["eval", str(tmp_path / "base"), "--task", "perplexity", "--data", str(tmp_path / "held_out.txt"),
+                 "--out", str(out)]) == 0
+    want = perplexity(tiny_llama(0), tok, ["the cat sat on the mat", "a dog is red"])
+    got = json.loads(out.read_text())
+    assert got["num_tokens"] == 8 and got["perplexity"] == pytest.approx(want["perplexity"], rel=1e-5)
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "base"), "--task", "samples", "--data", str(tmp_path / "prompts.jsonl"),
+                 "--compare", str(tmp_path / "sft"), "--max-new-tokens", "1"]) == 0
+    table = capsys.readouterr().out.strip().splitlines()
+    assert table[0] == "| prompt | base | sft |" and all(row.endswith("| cat |") for row in table[2:])
+    assert main(["eval", str(tmp_path / "base"), "--task", "win-rate", "--data", str(tmp_path / "prompts.jsonl")]) == 2
