@@ -223,8 +223,13 @@ def test_ppo_stage_from_a_recipe(ckpts, tmp_path):
     from align_kit.config import load_recipe, recipe_from_dict
     from align_kit.stages import run_stage
 
-    shipped = load_recipe(HERE.parents[1] / "recipes" / "tiny" / "ppo.yaml")
-    assert isinstance(shipped.trainer_config(), PPOConfig) and shipped.options.reward_model.endswith("reward")
+    shipped = sorted((HERE.parents[1] / "recipes").glob("*/ppo*.yaml"))
+    assert len(shipped) == 5  # tiny + LoRA mode for llama3, qwen2.5, mistral, glm4
+    for path in shipped:
+        loaded = load_recipe(path)
+        cfg = loaded.trainer_config()
+        assert isinstance(cfg, PPOConfig) and loaded.options.reward_model.endswith("reward")
+        assert cfg.memory_mode == ("separate" if path.parent.name == "tiny" else "lora")
     recipe = recipe_from_dict({
         "stage": "ppo", "output_dir": str(tmp_path), "seed": 1, "model": {"name_or_path": str(ckpts[0])},
         "data": {"train": [{"name": "quickstart-tasks", "split": "train", "max_rows": 16}],
