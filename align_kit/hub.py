@@ -189,6 +189,9 @@ def push(run_dir: str | Path, repo_id: str, private: bool = True, dry_run: bool 
     operations = [CommitOperationAdd(path_in_repo=f, path_or_fileobj=str(p)) for f, p in plan.files]
     try:
         url = api.create_repo(repo_id, private=private, exist_ok=True)
+        # create_repo keeps an existing repository as it is: never publish "private by default" into a public one
+        if private and api.model_info(repo_id).private is False:
+            raise ConfigError(f"{repo_id} already exists and is public; pass --public to push to it anyway")
         commit = api.create_commit(repo_id, operations, commit_message=commit_message)
     except (HfHubHTTPError, ValueError) as exc:
         raise ConfigError(f"upload to {repo_id} failed: {exc}") from None

@@ -55,6 +55,13 @@ class FakeHub(BaseHTTPRequestHandler):
         self.lfs[self.path.rsplit("/", 1)[-1]] = body
         self._reply({})
 
+    def do_GET(self):  # model_info: visibility of a repository
+        self.log.append({"method": "GET", "path": self.path, "auth": self.headers.get("Authorization"), "body": b""})
+        repo = self.path.split("?")[0].removeprefix("/api/models/")
+        if repo not in self.repos:
+            return self._reply({"error": "Repository not found"}, 404)
+        self._reply({"id": repo, "private": self.repos[repo]["visibility"] == "private", "sha": "1" * 40})
+
     def do_POST(self):
         body = self._body()
         self.log.append({"method": "POST", "path": self.path, "auth": self.headers.get("Authorization"), "body": body})
@@ -63,6 +70,8 @@ class FakeHub(BaseHTTPRequestHandler):
         if path == "/api/repos/create":
             req = json.loads(body)
             repo = f"{req['organization']}/{req['name']}"
+            if repo in self.repos:
+                return self._reply({"error": "You already created this model repo", "url": f"{host}/{repo}"}, 409)
             self.repos[repo] = req
             return self._reply({"url": f"{host}/{repo}", "name": repo})
         if path == "/api/validate-yaml":
@@ -221,6 +230,14 @@ def test_push_refuses_outside_files_and_tokens(fake_hub, export_dir, tmp_path):
     with pytest.raises(ConfigError, match="tokenizer_config.json contains what looks like a Hugging Face access token"):
         push(export_dir, "someone/x")
     assert not fake_hub.log  # nothing was sent
+
+
+def test_push_refuses_existing_public_repo_unless_public(fake_hub, export_dir):
+    fake_hub.repos["someone/shared"] = {"visibility": "public"}
+    with pytest.raises(ConfigError, match="already exists and is public; pass --public"):
+        push(export_dir, "someone/shared")
+    assert not fake_hub.files and not any("/commit/" in r["path"] for r in fake_hub.log)
+    assert push(export_dir, "someone/shared", private=False)["uploaded"] and len(fake_hub.files) == len(EXPECTED)
 
 
 def test_push_needs_weights_and_valid_repo_id(tmp_path):
