@@ -174,7 +174,6 @@ class PPOTrainer:
         prompt_len, size = exp.query_ids.shape[1], cfg.mini_batch_size
         sums: dict[str, float] = {}
         count = 0
-        self.policy.train(False)
         for _ in range(cfg.ppo_epochs):
             order = torch.randperm(len(exp))
             for update in range(cfg.updates_per_epoch):
