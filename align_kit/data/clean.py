@@ -21,6 +21,7 @@ _CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _CJK_RE = re.compile(f"[{_CJK}]")
 _UNIT_RE = re.compile(f"[{_CJK}]|[^\\s{_CJK}\\W]+|[^\\s{_CJK}\\w]")  # CJK char | alnum run | one symbol
 _WORD_CHAR_RE = re.compile(r"\w")
+_SPACE_RE = re.compile(r"\s")
 _BULLETS = ("•", "●", "○", "■", "□", "▪", "▫", "◦", "‣", "⁃", "-", "*", "·", "–", "—", ">")
 _ELLIPSES = ("...", "…", "。。。")
 
@@ -110,7 +111,7 @@ def cjk_share(text: str) -> float:
     >>> cjk_share("今天是 good day"), cjk_share("")
     (0.3, 0.0)
     """
-    chars = sum(1 for c in text if not c.isspace())
+    chars = len(text) - len(_SPACE_RE.findall(text))
     return len(_CJK_RE.findall(text)) / chars if chars else 0.0
 
 
@@ -146,7 +147,7 @@ def top_ngram_fraction(units: list[str], n: int) -> float:
     total = sum(len(u) for u in units)
     if len(units) < n or total == 0:
         return 0.0
-    grams = [tuple(units[i:i + n]) for i in range(len(units) - n + 1)]
+    grams = list(zip(*(units[i:] for i in range(n))))
     top, count = Counter(grams).most_common(1)[0]
     if count < 2:
         return 0.0
@@ -166,8 +167,10 @@ def duplicate_ngram_fraction(units: list[str], n: int) -> float:
     total = sum(len(u) for u in units)
     if len(units) < n or total == 0:
         return 0.0
-    grams = [tuple(units[i:i + n]) for i in range(len(units) - n + 1)]
+    grams = list(zip(*(units[i:] for i in range(n))))
     counts = Counter(grams)
+    if len(counts) == len(grams):
+        return 0.0  # nothing repeats (the common case): skip the coverage pass
     covered = [False] * len(units)
     for i, gram in enumerate(grams):
         if counts[gram] > 1:
@@ -248,10 +251,15 @@ def _ngram_rules(units: list[str], lang: str, t: QualityThresholds) -> Verdict:
         frac = top_ngram_fraction(units, n * scale)
         if frac > limit:
             return drop("top_ngram", f"{n * scale}-gram {frac:.2f} > {limit}")
+    smallest_limit = min(t.dup_ngram_max_frac.values(), default=1.0)
     for n, limit in sorted(t.dup_ngram_max_frac.items()):
         frac = duplicate_ngram_fraction(units, n * scale)
         if frac > limit:
             return drop("duplicate_ngrams", f"{n * scale}-gram {frac:.2f} > {limit}")
+        # repeated (n+1)-grams cover a subset of what repeated n-grams cover, so the fraction only
+        # falls with n: once it is under every remaining limit, the longer n-grams cannot fail
+        if frac <= smallest_limit:
+            break
     return KEEP
 
 

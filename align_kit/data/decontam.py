@@ -64,10 +64,6 @@ def units(text: str) -> list[str]:
     return _TOKEN_RE.findall(normalise(text))
 
 
-def _grams(units: list[str], n: int) -> list[str]:
-    return [" ".join(units[i:i + n]) for i in range(len(units) - n + 1)]
-
-
 class ContaminationIndex:
     """An index of every evaluation n-gram; :meth:`hits` scans one training document against it.
 
@@ -81,8 +77,10 @@ class ContaminationIndex:
 
     def __init__(self, eval_sets: dict[str, list[str]], cfg: DecontamConfig | None = None):
         self.cfg = cfg or DecontamConfig()
-        # n -> gram text -> [(eval set, item index)]; n differs by language and for short items
-        self.grams: dict[int, dict[str, list[tuple[str, int]]]] = {}
+        # Every evaluation n-gram is filed under its first `seed` units (the shortest n in use), so a document
+        # is scanned in one pass of seed-grams; a seed hit is then checked against the full n-gram.
+        self.seed = min(self.cfg.min_units, self.cfg.zh_min_units)
+        self.grams: dict[tuple[str, ...], list[tuple[tuple[str, ...], str, int]]] = {}
         self.items = 0
         for name, items in eval_sets.items():
             for idx, item in enumerate(items):
@@ -96,19 +94,18 @@ class ContaminationIndex:
             if len(item_units) < least:
                 return False
             n = len(item_units)
-        table = self.grams.setdefault(n, {})
-        for gram in set(_grams(item_units, n)):
-            table.setdefault(gram, []).append((name, idx))
+        for gram in set(zip(*(item_units[i:] for i in range(n)))):
+            self.grams.setdefault(gram[:self.seed], []).append((gram, name, idx))
         return True
 
     def hits(self, text: str, doc_index: int = 0, doc_id: str = "") -> list[Hit]:
         """Every evaluation item this document shares an n-gram with, each once, with the first shared n-gram."""
         found: dict[tuple[str, int], str] = {}
         doc_units = units(text)
-        for n, table in self.grams.items():
-            for gram in _grams(doc_units, n):
-                for key in table.get(gram, ()):
-                    found.setdefault(key, gram)
+        for pos, seed in enumerate(zip(*(doc_units[i:] for i in range(self.seed)))):
+            for gram, name, idx in self.grams.get(seed, ()):
+                if (name, idx) not in found and tuple(doc_units[pos:pos + len(gram)]) == gram:
+                    found[(name, idx)] = " ".join(gram)
         return [Hit(doc_index, doc_id, name, idx, gram) for (name, idx), gram in sorted(found.items())]
 
 

@@ -138,25 +138,33 @@ def _permutations(num_perm: int, seed: int):
     return template.permutations, template.scheme
 
 
-def _minhash(shingle_set: set[str], cfg: MinHashConfig) -> MinHash:
+def sketch(text: str, cfg: MinHashConfig) -> tuple[set[str], object]:
+    """Shingles and MinHash signature (numpy array) of one document; pure, so it can run in a worker."""
+    shingle_set = shingles(text, cfg)
     num_perm = cfg.bands * cfg.rows
     permutations, scheme = _permutations(num_perm, cfg.seed)
     m = MinHash(num_perm=num_perm, seed=cfg.seed, permutations=permutations, scheme=scheme)
     m.update_batch([s.encode("utf-8") for s in shingle_set])
-    return m
+    return shingle_set, m.hashvalues
 
 
-def near_duplicate_pairs(texts: list[str], cfg: MinHashConfig | None = None) -> list[tuple[int, int, float]]:
-    """Every verified near-duplicate pair ``(i, j, similarity)`` with ``i < j``, sorted.
+def near_duplicate_pairs(texts: list[str], cfg: MinHashConfig | None = None,
+                         sketches: list | None = None) -> list[tuple[int, int, float]]:
+    """Every verified near-duplicate pair ``(i, j, similarity)`` with ``i < j``, sorted. ``sketches``: the
+    :func:`sketch` of each text when already computed (in worker processes).
 
     >>> a = "the quick brown fox jumps over the lazy dog near the river bank today " * 3
     >>> [(i, j, round(s, 3)) for i, j, s in near_duplicate_pairs([a, a.replace("lazy", "sleepy", 1), "other"])]
     [(0, 1, 0.737)]
     """
     cfg = cfg or MinHashConfig()
-    lsh = MinHashLSH(num_perm=cfg.bands * cfg.rows, params=(cfg.bands, cfg.rows))
-    sets = [shingles(t, cfg) for t in texts]
-    hashes = [_minhash(s, cfg) for s in sets]
+    num_perm = cfg.bands * cfg.rows
+    permutations, scheme = _permutations(num_perm, cfg.seed)
+    lsh = MinHashLSH(num_perm=num_perm, params=(cfg.bands, cfg.rows))
+    sketches = sketches if sketches is not None else [sketch(t, cfg) for t in texts]
+    sets = [s for s, _ in sketches]
+    hashes = [MinHash(num_perm=num_perm, seed=cfg.seed, hashvalues=hv, permutations=permutations, scheme=scheme)
+              for _, hv in sketches]
     pairs = []
     for i, (s, m) in enumerate(zip(sets, hashes)):
         if not s:

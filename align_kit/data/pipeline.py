@@ -16,16 +16,24 @@ docs/data_pipeline.md (datatrove executors on Slurm or Ray).
 from __future__ import annotations
 
 import json
+import multiprocessing
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import yaml
 
 from align_kit.data.clean import QualityThresholds, detect_language, quality_verdict, words
 from align_kit.data.decontam import ContaminationIndex, DecontamConfig
-from align_kit.data.dedup import MinHashConfig, cluster_duplicates, exact_duplicates, near_duplicate_pairs
+from align_kit.data.dedup import (
+    MinHashConfig,
+    cluster_duplicates,
+    exact_duplicates,
+    near_duplicate_pairs,
+    sketch,
+)
 from align_kit.data.pii import PLACEHOLDERS, scrub_pii
 from align_kit.errors import DataError, describe
 
@@ -43,10 +51,10 @@ class QualityFilter:
     thresholds: QualityThresholds = field(default_factory=QualityThresholds)
     name: str = "quality"
 
-    def apply(self, docs: list[Doc]) -> tuple[list[Doc], list[Doc]]:
+    def apply(self, docs: list[Doc], pool=None) -> tuple[list[Doc], list[Doc]]:
         kept, dropped = [], []
-        for doc in docs:
-            verdict = quality_verdict(doc["text"], self.thresholds)
+        verdicts = _map(pool, partial(quality_verdict, t=self.thresholds), [d["text"] for d in docs])
+        for doc, verdict in zip(docs, verdicts):
             if verdict.keep:
                 kept.append(doc)
             else:
@@ -66,10 +74,10 @@ class PIIScrubber:
     replacements: Counter = field(default_factory=Counter)
     documents_changed: int = 0
 
-    def apply(self, docs: list[Doc]) -> tuple[list[Doc], list[Doc]]:
+    def apply(self, docs: list[Doc], pool=None) -> tuple[list[Doc], list[Doc]]:
         out = []
-        for doc in docs:
-            text, counts = scrub_pii(doc["text"], self.kinds)
+        scrubbed = _map(pool, partial(scrub_pii, kinds=self.kinds), [d["text"] for d in docs])
+        for doc, (text, counts) in zip(docs, scrubbed):
             if counts:
                 self.replacements.update(counts)
                 self.documents_changed += 1
@@ -87,7 +95,7 @@ class ExactDedup:
 
     name: str = "exact_dedup"
 
-    def apply(self, docs: list[Doc]) -> tuple[list[Doc], list[Doc]]:
+    def apply(self, docs: list[Doc], pool=None) -> tuple[list[Doc], list[Doc]]:
         dupes = exact_duplicates([d["text"] for d in docs])
         kept = [d for i, d in enumerate(docs) if i not in dupes]
         dropped = [_dropped(docs[i], self.name, "exact_duplicate", duplicate_of=docs[j]["id"])
@@ -106,8 +114,9 @@ class MinHashDedup:
     name: str = "minhash_dedup"
     pairs: int = 0
 
-    def apply(self, docs: list[Doc]) -> tuple[list[Doc], list[Doc]]:
-        pairs = near_duplicate_pairs([d["text"] for d in docs], self.config)
+    def apply(self, docs: list[Doc], pool=None) -> tuple[list[Doc], list[Doc]]:
+        sketches = _map(pool, partial(sketch, cfg=self.config), [d["text"] for d in docs])
+        pairs = near_duplicate_pairs([d["text"] for d in docs], self.config, sketches)
         self.pairs += len(pairs)
         best = {}
         for _, j, sim in pairs:
@@ -132,7 +141,8 @@ class Decontaminate:
     name: str = "decontaminate"
     hits: list[dict] = field(default_factory=list)
 
-    def apply(self, docs: list[Doc]) -> tuple[list[Doc], list[Doc]]:
+    def apply(self, docs: list[Doc], pool=None) -> tuple[list[Doc], list[Doc]]:
+        # scanned in this process: shipping the n-gram index to workers costs more than the lookups
         index = ContaminationIndex(self.eval_sets, self.config)
         kept, dropped = [], []
         for i, doc in enumerate(docs):
@@ -149,6 +159,13 @@ class Decontaminate:
     def report(self) -> dict:
         return {"config": asdict(self.config), "eval_sets": {k: len(v) for k, v in self.eval_sets.items()},
                 "hits": len(self.hits), "drop": self.drop, "hit_list": self.hits}
+
+
+def _map(pool, fn, items: list) -> list:
+    """``map`` in a process pool when there is one; 64 chunks balance the workers and amortise pickling."""
+    if pool is None or len(items) < 64:
+        return [fn(x) for x in items]
+    return pool.map(fn, items, chunksize=max(1, len(items) // 64))
 
 
 def corpus_stats(docs: Iterable[Doc]) -> dict:
@@ -180,8 +197,9 @@ class PipelineResult:
 
 
 def run_pipeline(docs: Iterable[Doc], steps: list, out_dir: str | Path | None = None,
-                 sources: list[str] | None = None) -> PipelineResult:
+                 sources: list[str] | None = None, workers: int = 1) -> PipelineResult:
     """Run ``steps`` in order; each sees only what the previous ones kept. Writes outputs when ``out_dir``.
+    ``workers > 1`` runs per-document work (filters, PII, shingling and MinHash) in that many processes.
 
     >>> r = run_pipeline([{"id": "1", "text": "a b c"}, {"id": "2", "text": "A  b c!"}], [ExactDedup()])
     >>> r.summary(), r.dropped[0]["duplicate_of"]
@@ -193,9 +211,15 @@ def run_pipeline(docs: Iterable[Doc], steps: list, out_dir: str | Path | None = 
     names = [s.name for s in steps]
     if len(set(names)) != len(names):
         raise DataError("pipeline", None, "steps", ", ".join(names), "steps with distinct names")
-    for step in steps:
-        docs, lost = step.apply(docs)
-        dropped += lost
+    pool = multiprocessing.Pool(workers) if workers > 1 else None
+    try:
+        for step in steps:
+            docs, lost = step.apply(docs, pool)
+            dropped += lost
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
     counts = Counter(d["reason"] for d in dropped)
     counts["kept"] = len(docs)
     result = PipelineResult(docs, dropped, counts, {"input": input_stats, "output": corpus_stats(docs)},

@@ -134,3 +134,18 @@ def test_full_pipeline_on_real_documents(shared, tmp_path):
     assert result.counts["kept"] / len(docs) > 0.6
     card = _card(tmp_path / "out" / "README.md")
     assert card["statistics"]["output"]["documents"] == result.counts["kept"] == len(_read(tmp_path / "out" / "kept.jsonl"))
+
+
+def test_two_workers_give_the_same_result(tmp_path):
+    texts = [PROSE + f" Call 415-555-01{i % 90:02d} about lot {i}." for i in range(150)]
+    texts += texts[:10] + ["too short"] * 3
+    docs = [{"id": str(i), "text": t} for i, t in enumerate(texts)]
+
+    def run(workers):
+        steps = [QualityFilter(), PIIScrubber(), ExactDedup(), MinHashDedup()]
+        return run_pipeline(docs, steps, workers=workers)
+
+    one, two = run(1), run(2)
+    assert one.kept == two.kept and one.dropped == two.dropped and one.counts == two.counts
+    assert one.steps["pii"]["replacements"] == two.steps["pii"]["replacements"] == {"phone": 160}
+    assert one.counts["too_short"] == 3 and one.counts["exact_duplicate"] == 10
