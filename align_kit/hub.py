@@ -269,8 +269,9 @@ def _eval_results(eval_results: list[dict]):
     for r in eval_results:
         stage = r.get("stage")
         stage = "" if not stage else " (base model)" if stage == "base" else f" (after {stage})"
-        out.append(EvalResult(task_type=r.get("task", "text-generation"), dataset_type=str(r["dataset"]),
-                              dataset_name=str(r["dataset"]), dataset_split=r.get("split"),
+        dataset = str(r.get("dataset") or "held-out")  # model-index needs a dataset; stages may not name one
+        out.append(EvalResult(task_type=r.get("task", "text-generation"), dataset_type=dataset,
+                              dataset_name=dataset, dataset_split=r.get("split"),
                               metric_type=str(r["metric"]), metric_name=f"{r['metric']}{stage}",
                               metric_value=float(r["value"])))
     return out
@@ -309,7 +310,8 @@ def build_model_card(model_name: str, base_model: str | None, stages: list[Mappi
     if eval_results:
         lines += ["", "## Evaluation", "", _table(
             ["stage", "metric", "dataset", "split", "value"],
-            [[r.get("stage", "-"), r["metric"], r["dataset"], r.get("split", "-"), f"{float(r['value']):.4g}"]
+            [[r.get("stage", "-"), r["metric"], r.get("dataset") or "held-out", r.get("split", "-"),
+              f"{float(r['value']):.4g}"]
              for r in eval_results])]
     lines += ["", "## Datasets", "", "Each dataset's card (source, licence, processing, known issues) is "
               "included in `data_cards/`.", "",

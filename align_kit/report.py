@@ -115,17 +115,37 @@ def plot_stage_metric(evals: Sequence[Mapping], metric: str, path: str | Path) -
     return path
 
 
-def normalise_evals(evals: Sequence[Mapping] | Mapping | None) -> list[dict]:
-    """Evaluation records from a list, or from ``{stage: {metric: value}}`` (e.g. ``{"before": ..., "after": ...}``).
+def _numbers(values: Mapping, prefix: str = "") -> dict[str, float]:
+    """Numeric leaves of a (nested) result dict with dotted names; lists, strings and booleans are left out.
+
+    >>> _numbers({"accuracy": 0.5, "ppl": {"perplexity": 7.0, "num_tokens": 12}, "curve": [1], "ok": True})
+    {'accuracy': 0.5, 'ppl.perplexity': 7.0, 'ppl.num_tokens': 12.0}
+    """
+    out: dict[str, float] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            out.update(_numbers(value, f"{prefix}{key}."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[f"{prefix}{key}"] = float(value)
+    return out
+
+
+def normalise_evals(evals: Sequence[Mapping] | Mapping | None, stage: str = "after") -> list[dict]:
+    """Evaluation records from a list, from ``{stage: {metric: value}}`` (``{"before": ..., "after": ...}``),
+    or from a flat ``{metric: value}`` of one model (recorded under ``stage``).
 
     >>> normalise_evals({"before": {"accuracy": 0.25}, "after": {"accuracy": 0.75}})
     [{'metric': 'accuracy', 'value': 0.25, 'stage': 'before'}, {'metric': 'accuracy', 'value': 0.75, 'stage': 'after'}]
+    >>> normalise_evals({"accuracy": 0.8, "reliability": [{"bin": [0, 1]}]}, stage="reward")
+    [{'metric': 'accuracy', 'value': 0.8, 'stage': 'reward'}]
     """
     if not evals:
         return []
     if isinstance(evals, Mapping):
-        return [{"metric": m, "value": float(v), "stage": stage} for stage, values in evals.items()
-                for m, v in values.items()]
+        if all(isinstance(v, Mapping) for v in evals.values()):
+            return [{"metric": m, "value": v, "stage": str(name)} for name, values in evals.items()
+                    for m, v in _numbers(values).items()]
+        return [{"metric": m, "value": v, "stage": stage} for m, v in _numbers(evals).items()]
     out = []
     for i, rec in enumerate(evals):
         if not isinstance(rec, Mapping) or "metric" not in rec or "value" not in rec:
@@ -211,16 +231,23 @@ def write_run_report(run_dir: str | Path, log_history: str | Path | Sequence[Map
 def write_pipeline_report(out_dir: str | Path, stages: Sequence[Mapping], title: str = "Pipeline report") -> Path:
     """Write ``out_dir/report.md`` for a pipeline: stage overview, evaluation before/after each stage, plots.
 
-    Each stage is ``{"name", "log_history" (list or path)?, "evals"?, "status"?, "output_dir"?}``; a stage's
-    evals may include measurements of the model it started from (stage ``base`` or the previous stage).
+    Each stage is ``{"name", "kind"?, "log_history" (list or path)?, "evals"?, "status"?, "output_dir"?}``.
+    ``evals`` may be records, a flat ``{metric: value}`` (of this stage's model) or ``{"before": ..., "after":
+    ...}``: "before" becomes the column of the model the stage started from (``base``, or the previous policy
+    stage: a reward-model stage does not change the policy) and "after" the stage's own column.
     """
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     evals: list[dict] = []
+    policy = "base"  # the model a policy stage starts from; reward-model stages do not change it
     for stage in stages:
-        for rec in normalise_evals(stage.get("evals")):
-            if rec not in evals:  # a stage's "before" is often the previous stage's "after"
+        name = str(stage["name"])
+        for rec in normalise_evals(stage.get("evals"), stage=name):
+            rec["stage"] = {"before": policy, "after": name}.get(rec["stage"], rec["stage"])
+            if rec not in evals:  # a stage's "before" is the previous stage's "after"
                 evals.append(rec)
+        if "reward" not in str(stage.get("kind", name)).lower():
+            policy = name
     lines = [f"# {title}", "", "## Stages", "", "| # | stage | status | logged steps | output |", "|---|---|---|---|---|"]
     histories = []
     for i, stage in enumerate(stages, 1):

@@ -56,6 +56,8 @@ def _export(args) -> int:
     stage = stage_from_manifest(manifest) if manifest else {"name": "train", "datasets": [], "hyperparameters": {}}
     evals_path = run / "evals.json"
     evals = json.loads(evals_path.read_text()) if evals_path.is_file() else None
+    for rec in evals or []:  # a run report says before/after; the card names the models
+        rec["stage"] = {"before": "base", "after": stage["name"]}.get(rec.get("stage"), rec.get("stage"))
     card = write_model_card(args.out, args.model_name or Path(args.out).name, stage.get("base_model") or
                             info["base_model"], [stage], card_files_for(stage["datasets"]), evals,
                             license=args.license)

@@ -110,10 +110,15 @@ def test_cli_export_writes_card_and_push_dry_run_lists_it(lora_run, tmp_path, ca
 
     _, run_dir, _ = lora_run
     (run_dir / "manifest.json").write_text('{"recipe": {"stage": "sft", "trainer": {"learning_rate": 0.001}}}')
+    from align_kit.report import write_run_report
+
+    write_run_report(run_dir, [{"step": 1, "loss": 2.0}], {"before": {"verifier_accuracy": 0.25},
+                                                            "after": {"verifier_accuracy": 0.75}})
     out = tmp_path / "cli-export"
     assert main(["export", str(run_dir), "--out", str(out), "--model-name", "tiny-sft"]) == 0
     card = (out / "README.md").read_text()
-    assert "model_name: tiny-sft" in card and "| sft | - | learning_rate=0.001 |" in card
+    assert "- name: tiny-sft" in card and "# tiny-sft" in card and "| sft | - | learning_rate=0.001 |" in card
+    assert "| sft | verifier_accuracy | held-out | - | 0.75 |" in card and "name: verifier_accuracy (base model)" in card
     assert main(["push", str(out), "me/tiny-sft", "--dry-run"]) == 0
     printed = capsys.readouterr().out
     assert "would upload 7 files" in printed and "(private)" in printed and "+ README.md" in printed

@@ -84,6 +84,17 @@ def test_pipeline_report_covers_every_stage(tmp_path):
     assert len(json.loads((tmp_path / "pipe" / "evals.json").read_text())) == 5  # the repeated "sft" rows merged
 
 
+def test_pipeline_report_maps_before_after_to_models(tmp_path):
+    stages = [{"name": "sft", "evals": {"before": {"verifier_accuracy": 0.1, "eval_loss": 3.2},
+                                        "after": {"verifier_accuracy": 0.4, "eval_loss": 1.1}}},
+              {"name": "reward", "evals": {"accuracy": 0.9, "reliability": [{"bin": [0, 1]}]}},
+              {"name": "ppo", "evals": {"before": {"verifier_accuracy": 0.4}, "after": {"verifier_accuracy": 0.7}}}]
+    md = write_pipeline_report(tmp_path, stages).read_text()
+    assert "| metric | dataset | base | sft | reward | ppo |" in md
+    assert "| verifier_accuracy | - | 0.1 | 0.4 | - | 0.7 |" in md and "| eval_loss | - | 3.2 | 1.1 | - | - |" in md
+    assert "| accuracy | - | - | - | 0.9 | - |" in md
+
+
 def test_log_readers(tmp_path):
     state = tmp_path / "trainer_state.json"
     state.write_text(json.dumps({"global_step": 2, "log_history": [{"step": 2, "loss": 1.5}]}))
