@@ -159,6 +159,21 @@ def test_lora_mode_shares_bases(ckpts, tokenizer, tmp_path):
         assert not torch.equal(models.critic(ids, mask), scores_before)  # the critic's copy of the head trained
 
 
+def test_lora_mode_on_4bit_bases(ckpts, tokenizer, tmp_path):
+    """QLoRA layout: both shared bases in bitsandbytes NF4 (runs on CPU), adapters and the critic head in fp32."""
+    import bitsandbytes as bnb
+
+    trainer = trainer_for(make_cfg(memory_mode="lora", steps=1, quantize_frozen=True), ckpts, tokenizer, tmp_path)
+    q_proj = trainer.models.policy.base_model.model.model.layers[0].self_attn.q_proj
+    assert isinstance(q_proj.base_layer, bnb.nn.Linear4bit) and q_proj.lora_A["default"].weight.dtype == torch.float32
+    before = trained(trainer.models.policy)
+    trainer.train()
+    log = json.loads((tmp_path / "ppo_log.jsonl").read_text())
+    assert all(torch.isfinite(torch.tensor(log[k])) for k in ("kl", "policy_loss", "value_loss"))
+    assert any(not torch.equal(p, before[n]) for n, p in trained(trainer.models.policy).items())
+    assert (tmp_path / "model" / "adapter_config.json").exists()  # a 4-bit base is not merged
+
+
 def test_resume_is_bitwise_identical_and_skips_tmp(ckpts, tokenizer, tmp_path, caplog):
     cfg = make_cfg(steps=4, save_steps=2, adaptive_kl=True, kl_target=0.01, kl_horizon=50)
     full = trainer_for(cfg, ckpts, tokenizer, tmp_path / "full")
