@@ -1,0 +1,302 @@
+"""DPO (and KTO) from an SFT checkpoint: preference pairs -> TRL's DPOTrainer / KTOTrainer.
+
+DPO's sigmoid loss for a pair (Rafailov et al. 2023), with log-probs summed over the response tokens:
+``-log sigmoid(beta * ((log pi(y_c|x) - log ref(y_c|x)) - (log pi(y_r|x) - log ref(y_r|x))))``.
+``trainer.loss_type`` picks any variant TRL's DPOTrainer implements (checked up front, see ``LOSS_TYPES``).
+TRL 1.16's DPOTrainer has no reference-free loss; SimPO/ORPO live in ``trl.experimental`` and are not wired.
+
+The reference model, ``dpo.reference``:
+- ``copy``: a second frozen copy of the starting checkpoint in memory (works with full fine-tuning and LoRA);
+- ``adapter``: LoRA only; the reference is the policy with its adapter disabled, so no second copy;
+- ``precomputed``: reference log-probs computed once before training and cached in ``<output>/ref_cache/``,
+  keyed by a hash of the training pairs and of the starting weights, so a re-run or resume reuses them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+from trl import DPOConfig, KTOConfig
+
+from align_kit.errors import ConfigError
+from align_kit.stages import common
+
+log = logging.getLogger("align_kit")
+TRAINER_CONFIG = DPOConfig
+# Every loss DPOTrainer._compute_loss implements in TRL 1.16 (a test re-reads TRL's source to keep this true).
+LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+              "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
+KTO_LOSS_TYPES = ("kto", "apo_zero_unpaired")
+REFERENCES = ("auto", "copy", "adapter", "precomputed")
+
+
+@dataclass
+class Options:
+    reference: str = "auto"
+    """copy | adapter | precomputed | auto (adapter with LoRA, else copy). See the module docstring."""
+    verifier: str | None = None
+    """module:function judging (prompt, response) -> bool; greedy accuracy on eval prompts before and after."""
+    verifier_max_new_tokens: int = 16
+    merge_lora: bool = True
+    """Also save LoRA-merged weights in model/ (the adapter always goes to adapter/)."""
+
+
+OPTIONS = Options
+
+
+def reference_mode(recipe) -> str:
+    """The reference handling a recipe asks for, checked against its peft setting."""
+    mode = recipe.options.reference
+    if mode not in REFERENCES:
+        raise ConfigError(f"{recipe.stage}.reference: unknown value {mode!r}; valid: {', '.join(REFERENCES)}")
+    if mode == "auto":
+        return "adapter" if recipe.peft is not None else "copy"
+    if mode == "adapter" and recipe.peft is None:
+        raise ConfigError(f"{recipe.stage}.reference: adapter needs a peft: block (the reference is the policy with "
+                          "its LoRA adapter disabled); with full fine-tuning use copy or precomputed")
+    return mode
+
+
+def _check(recipe) -> None:
+    valid = KTO_LOSS_TYPES if recipe.stage == "kto" else LOSS_TYPES
+    losses = recipe.trainer.get("loss_type", valid[0])
+    for name in [losses] if isinstance(losses, str) else losses:
+        if name not in valid:
+            raise ConfigError(f"trainer.loss_type: unknown {recipe.stage.upper()} loss {name!r}; "
+                              f"TRL {recipe.stage.upper()} has: {', '.join(valid)}")
+    if recipe.trainer.get("precompute_ref_log_probs") is not None:
+        raise ConfigError("trainer.precompute_ref_log_probs: set dpo.reference: precomputed instead (align_kit "
+                          "then caches the reference log-probs in the output folder)")
+    if recipe.data is None:
+        raise ConfigError(f"data: the {recipe.stage} stage needs preference data (data.train)")
+    reference_mode(recipe)
+
+
+VALIDATORS = (_check,)
+
+
+def trainer_defaults(recipe) -> dict:
+    """Where the recipe is silent: TRL's configs default to bf16 autocast and gradient checkpointing, which on a
+    CPU (or a GPU without bf16) only cost time; follow model.dtype and model.gradient_checkpointing instead."""
+    import torch
+
+    from align_kit.models import resolve_dtype
+
+    bf16 = recipe.trainer.get("bf16", resolve_dtype(recipe.model.dtype) == torch.bfloat16)
+    return {"bf16": bf16, "gradient_checkpointing": recipe.model.gradient_checkpointing}
+
+
+def data_hash(rows: list[dict], *extra: str) -> str:
+    """Short stable hash of training rows and identifying strings (cache keys).
+
+    >>> data_hash([{"a": 1}], "m") == data_hash([{"a": 1}], "m") != data_hash([{"a": 2}], "m")
+    True
+    """
+    h = hashlib.sha256()
+    for part in extra:
+        h.update(part.encode())
+    for row in rows:
+        h.update(json.dumps(row, sort_keys=True, ensure_ascii=False).encode())
+    return h.hexdigest()[:16]
+
+
+def cached_dataset(rows: list[dict], out: Path, key: str):
+    """A Dataset backed by files in ``out/ref_cache/<key>``: TRL's precomputed reference log-probs are then
+    written beside it (named by the dataset fingerprint + model hash) instead of a temporary folder, and a
+    later run over the same data and model finds them."""
+    from datasets import Dataset, load_from_disk
+
+    folder = out / "ref_cache" / key
+    if not (folder / "dataset_info.json").exists():
+        tmp = folder.with_suffix(".tmp")
+        Dataset.from_list(rows).save_to_disk(str(tmp))
+        tmp.rename(folder)
+    return load_from_disk(str(folder))
+
+
+def _load_models(recipe, tokenizer, mode: str):
+    """(policy, reference or None, peft config or None); LoRA is applied by TRL from the peft config so that
+    the adapter-disabled policy is exactly the starting checkpoint."""
+    from align_kit.models import load_model, lora_config
+
+    quantized = recipe.quantization is not None
+    policy = load_model(recipe.model, tokenizer, quant=recipe.quantization)
+    peft_config = None
+    if recipe.peft is not None:
+        if quantized:
+            from peft import prepare_model_for_kbit_training
+
+            policy = prepare_model_for_kbit_training(policy, use_gradient_checkpointing=False)
+        peft_config = lora_config(recipe.peft, policy)
+    ref = None
+    if mode == "copy":
+        ref = load_model(recipe.model, tokenizer, quant=recipe.quantization).eval()
+        for p in ref.parameters():
+            p.requires_grad_(False)
+    return policy, ref, peft_config
+
+
+def build_trainer(recipe, trainer_cls, train_rows: list[dict], tokenizer, mode: str):
+    """The configured TRL trainer for a recipe (policy, reference handling, cached data); not yet trained."""
+    out = Path(recipe.output_dir)
+    policy, ref, peft_config = _load_models(recipe, tokenizer, mode)
+    if mode == "precomputed":
+        key = data_hash(train_rows, recipe.stage, recipe.model.name_or_path, tokenizer.chat_template or "")
+        train_ds = cached_dataset(train_rows, out, key)
+    else:
+        from datasets import Dataset
+
+        train_ds = Dataset.from_list(train_rows)
+    args = recipe.trainer_config(precompute_ref_log_probs=mode == "precomputed", **trainer_defaults(recipe))
+    return trainer_cls(model=policy, ref_model=ref, args=args, train_dataset=train_ds,
+                       processing_class=tokenizer, peft_config=peft_config)
+
+
+def _train(recipe, trainer_cls, train_rows: list[dict], eval_pairs: list[dict], data, tokenizer, mode: str) -> Path:
+    from align_kit.runlog import finish_run, start_run
+
+    out = Path(recipe.output_dir)
+    run_info = start_run(recipe, data, extra={"reference": mode, "train_rows": len(train_rows)})
+    trainer = build_trainer(recipe, trainer_cls, train_rows, tokenizer, mode)
+    evals: dict = {"reference": mode}
+    main = trainer.is_world_process_zero()
+    before = evaluate_policy(trainer.model, tokenizer, eval_pairs, recipe.options) if main else None
+    trainer.train(resume_from_checkpoint=str(common.last_checkpoint(out) or "") or None)
+    if main:
+        after = evaluate_policy(trainer.model, tokenizer, eval_pairs, recipe.options, reference=before)
+        evals.update(before=before.summary(), after=after.summary())
+        log.info("%s eval before: %s", recipe.stage, evals["before"])
+        log.info("%s eval after:  %s", recipe.stage, evals["after"])
+        common.save_final(trainer.model, tokenizer, out, merge_lora=recipe.options.merge_lora)
+    trainer.accelerator.wait_for_everyone()
+    finish_run(run_info, trainer.state.log_history, evals)
+    return out
+
+
+@dataclass
+class PolicyEval:
+    """Held-out numbers of a policy. Log-probs are summed over response tokens, one entry per pair."""
+
+    chosen_logps: list[float]
+    rejected_logps: list[float]
+    logratio_accuracy: float | None = None
+    verifier_accuracy: float | None = None
+
+    @property
+    def likelihood_accuracy(self) -> float:
+        """Share of pairs where the policy itself gives the chosen response the higher log-probability."""
+        return _share([c - r for c, r in zip(self.chosen_logps, self.rejected_logps)])
+
+    def summary(self) -> dict:
+        out = {"pairs": len(self.chosen_logps), "likelihood_accuracy": round(self.likelihood_accuracy, 4)}
+        if self.logratio_accuracy is not None:
+            out["logratio_accuracy"] = round(self.logratio_accuracy, 4)
+        if self.verifier_accuracy is not None:
+            out["verifier_accuracy"] = round(self.verifier_accuracy, 4)
+        return out
+
+
+def _share(diffs: list[float]) -> float:
+    """Share of positive differences, ties counting half (a policy equal to its reference scores 0.5).
+
+    >>> _share([1.0, -1.0, 0.0, 2.0])
+    0.625
+    """
+    return sum(1.0 if d > 0 else 0.5 if d == 0 else 0.0 for d in diffs) / max(len(diffs), 1)
+
+
+def completion_logps(model, tokenizer, prompts: list[list[dict]], completions: list[list[dict]],
+                     batch_size: int = 32) -> list[float]:
+    """Sum of log pi(token) over each completion's tokens, tokenised as TRL's DPOTrainer does: the
+    completion starts where the templated prompt (with generation prompt) and prompt+completion diverge."""
+    import torch
+
+    seqs = []
+    for prompt, completion in zip(prompts, completions):
+        p_ids = list(tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True,
+                                                   return_dict=True)["input_ids"])
+        full = list(tokenizer.apply_chat_template(prompt + completion, tokenize=True, return_dict=True)["input_ids"])
+        start = next((i for i, (a, b) in enumerate(zip(p_ids, full)) if a != b), min(len(p_ids), len(full)))
+        seqs.append((full, start))
+    device = next(model.parameters()).device
+    out: list[float] = []
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(seqs), batch_size):
+            chunk = seqs[i:i + batch_size]
+            width = max(len(s) for s, _ in chunk)
+            ids = torch.tensor([s + [tokenizer.pad_token_id] * (width - len(s)) for s, _ in chunk], device=device)
+            mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s, _ in chunk], device=device)
+            # completion mask over target positions 1..width-1 (token t is predicted from position t-1)
+            target = torch.tensor([[1 if start <= t < len(s) else 0 for t in range(1, width)] for s, start in chunk],
+                                  device=device)
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+            logp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+            out += (logp * target).sum(-1).tolist()
+    model.train(was_training)
+    return out
+
+
+def evaluate_policy(model, tokenizer, pairs: list[dict], options, reference: PolicyEval | None = None) -> PolicyEval:
+    """Log-probs of held-out pairs, log-ratio accuracy against ``reference`` (the same pairs scored by the
+    starting policy, which is the DPO reference), and the verifier's accuracy of greedy answers."""
+    if not pairs:
+        return PolicyEval([], [])
+    prompts = [p["prompt"] for p in pairs]
+    chosen = completion_logps(model, tokenizer, prompts, [p["chosen"] for p in pairs])
+    rejected = completion_logps(model, tokenizer, prompts, [p["rejected"] for p in pairs])
+    result = PolicyEval(chosen, rejected)
+    if reference is not None:
+        result.logratio_accuracy = _share([(c - rc) - (r - rr) for c, r, rc, rr in zip(
+            chosen, rejected, reference.chosen_logps, reference.rejected_logps)])
+    if options.verifier:
+        from align_kit.generation import load_callable, verifier_accuracy
+
+        result.verifier_accuracy, _ = verifier_accuracy(model, tokenizer, prompts, load_callable(options.verifier),
+                                                        options.verifier_max_new_tokens)
+    return result
+
+
+def run(recipe) -> Path:
+    from trl import DPOTrainer
+
+    from align_kit.data.sources import load_data
+    from align_kit.models import load_tokenizer
+
+    mode = reference_mode(recipe)
+    tokenizer = load_tokenizer(recipe.model)
+    data = load_data(recipe.data, "preference")
+    for split, rows in (("train", data.train), ("eval", data.eval)):
+        if rows and "label" in rows[0]:
+            raise ConfigError(f"data ({split}): unpaired rows (prompt, completion, label) need stage: kto")
+    keep = ("prompt", "chosen", "rejected")  # TRL's DPO ignores margin; keep the rows hashable and minimal
+    train = [{k: r[k] for k in keep} for r in data.train]
+    return _train(recipe, DPOTrainer, train, data.eval, data, tokenizer, mode)
+
+
+def run_kto(recipe) -> Path:
+    """KTO (Ethayarajh et al. 2024) on unpaired rows; paired rows are split into a desirable and an
+    undesirable example each. Held-out evaluation needs pairs, so it runs only when the eval rows are paired."""
+    from trl import KTOTrainer
+
+    from align_kit.data.preference import to_unpaired
+    from align_kit.data.sources import load_data
+    from align_kit.models import load_tokenizer
+
+    mode = reference_mode(recipe)
+    tokenizer = load_tokenizer(recipe.model)
+    data = load_data(recipe.data, "unpaired")
+    train = data.train if not data.train or "label" in data.train[0] else to_unpaired(data.train)
+    train = [{k: r[k] for k in ("prompt", "completion", "label")} for r in train]
+    eval_pairs = [r for r in data.eval if "chosen" in r]
+    return _train(recipe, KTOTrainer, train, eval_pairs, data, tokenizer, mode)
+
+
+# ``stage: kto`` resolves to this namespace (see align_kit.stages.get_stage).
+KTO = SimpleNamespace(TRAINER_CONFIG=KTOConfig, OPTIONS=Options, VALIDATORS=VALIDATORS, run=run_kto)

@@ -1,0 +1,165 @@
+"""Reward model: preference pairs -> a sequence classifier (one scalar) trained with TRL's RewardTrainer.
+
+Loss (Bradley-Terry): ``-log sigmoid(r_chosen - r_rejected - margin)``, where ``margin`` is the data's
+optional ``margin`` column (0 without it), plus ``center_rewards_coefficient * mean((r_c + r_r)^2)`` when
+``trainer.center_rewards_coefficient`` is set (keeps rewards near zero, Eisenstein et al. 2023).
+align_kit tokenises the pairs itself (chat template, left truncation that keeps the responses) so no pair is
+dropped silently; TRL owns the loop. The result in ``model/`` is a plain ``AutoModelForSequenceClassification``
+(LoRA merged; a QLoRA adapter is merged into the unquantised base), and ``eval.json`` holds pairwise accuracy,
+mean margin, ECE and the reliability curve, computed from that saved folder.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from trl import RewardConfig
+
+from align_kit.errors import ConfigError
+from align_kit.stages import common
+
+log = logging.getLogger("align_kit")
+TRAINER_CONFIG = RewardConfig
+
+
+@dataclass
+class Options:
+    use_margin: bool = True
+    """Subtract the data's ``margin`` column inside the loss when rows have one (Llama 2 style)."""
+    truncation: str = "left"
+    """Pairs longer than trainer.max_length: left = drop the oldest prompt tokens (keeps the replies), drop."""
+    calibration_bins: int = 10
+    """Bins of the reliability curve over the predicted preference probability."""
+
+
+OPTIONS = Options
+
+
+def _check(recipe) -> None:
+    if recipe.options.truncation not in ("left", "drop"):
+        raise ConfigError(f"reward.truncation: expected left or drop, found {recipe.options.truncation!r}")
+    if recipe.data is None:
+        raise ConfigError("data: the reward stage needs preference data (data.train)")
+
+
+VALIDATORS = (_check,)
+
+
+def pair_ids(tokenizer, pair: dict) -> tuple[list[int], list[int]]:
+    """Token ids of prompt+chosen and prompt+rejected through the chat template (what TRL would build)."""
+    ids = []
+    for side in ("chosen", "rejected"):
+        out = tokenizer.apply_chat_template(pair["prompt"] + pair[side], tokenize=True, return_dict=True)
+        ids.append(list(out["input_ids"]))
+    return ids[0], ids[1]
+
+
+def tokenize_pairs(pairs: list[dict], tokenizer, max_length: int | None, truncation: str,
+                   use_margin: bool) -> tuple[list[dict], dict]:
+    """Rows of ``chosen_ids`` / ``rejected_ids`` (and ``margin``) with counts of truncated and dropped pairs.
+
+    Left truncation keeps the last ``max_length`` tokens: the reward is read at the last token, so the replies
+    must survive; the oldest context goes first.
+    """
+    with_margin = use_margin and any("margin" in p for p in pairs)
+    rows, stats = [], {"pairs": len(pairs), "truncated": 0, "dropped": 0}
+    for pair in pairs:
+        c, r = pair_ids(tokenizer, pair)
+        if max_length is not None and max(len(c), len(r)) > max_length:
+            if truncation == "drop":
+                stats["dropped"] += 1
+                continue
+            stats["truncated"] += 1
+            c, r = c[-max_length:], r[-max_length:]
+        row = {"chosen_ids": c, "rejected_ids": r}
+        if with_margin:
+            row["margin"] = float(pair.get("margin", 0.0))
+        rows.append(row)
+    if stats["truncated"] or stats["dropped"]:
+        log.warning("reward data: %d of %d pairs longer than max_length=%s (%d left-truncated, %d dropped)",
+                    stats["truncated"] + stats["dropped"], len(pairs), max_length, stats["truncated"],
+                    stats["dropped"])
+    return rows, stats
+
+
+def trainer_defaults(recipe) -> dict:
+    """Where the recipe is silent: TRL's configs default to bf16 autocast and gradient checkpointing, which on a
+    CPU (or a GPU without bf16) only cost time; follow model.dtype and model.gradient_checkpointing instead."""
+    import torch
+
+    from align_kit.models import resolve_dtype
+
+    bf16 = recipe.trainer.get("bf16", resolve_dtype(recipe.model.dtype) == torch.bfloat16)
+    return {"bf16": bf16, "gradient_checkpointing": recipe.model.gradient_checkpointing}
+
+
+def paired_rows(data) -> None:
+    for split, rows in (("train", data.train), ("eval", data.eval)):
+        if rows and "label" in rows[0]:
+            raise ConfigError(f"data ({split}): unpaired rows (prompt, completion, label) cannot train a reward "
+                              "model; give chosen/rejected pairs, or use stage: kto")
+
+
+def run(recipe) -> Path:
+    from datasets import Dataset
+    from trl import RewardTrainer
+
+    from align_kit.data.sources import load_data
+    from align_kit.models import apply_lora, load_model, load_tokenizer
+    from align_kit.runlog import finish_run, start_run
+
+    out = Path(recipe.output_dir)
+    tokenizer = load_tokenizer(recipe.model)
+    data = load_data(recipe.data, "preference")
+    paired_rows(data)
+    args = recipe.trainer_config(**trainer_defaults(recipe))
+    train_rows, stats = tokenize_pairs(data.train, tokenizer, args.max_length, recipe.options.truncation,
+                                       recipe.options.use_margin)
+    quantized = recipe.quantization is not None
+    model = load_model(recipe.model, tokenizer, quant=recipe.quantization, head="classifier")
+    model = apply_lora(model, recipe.peft, quantized=quantized, task_type="SEQ_CLS")
+    run_info = start_run(recipe, data, extra={f"train_{k}": v for k, v in stats.items()})
+    trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
+                            processing_class=tokenizer)
+    trainer.train(resume_from_checkpoint=str(common.last_checkpoint(out) or "") or None)
+    evals = {}
+    if trainer.is_world_process_zero():
+        final = save_plain(trainer.model, tokenizer, out, recipe)
+        evals = evaluate_pairs(final, data.eval, args.max_length, recipe.options.calibration_bins)
+        log.info("reward eval: accuracy %s (longer-answer baseline %s), mean margin %.3f, ECE %s",
+                 evals.get("accuracy"), evals.get("length_baseline_accuracy"), evals.get("mean_margin", 0.0),
+                 evals.get("ece"))
+    trainer.accelerator.wait_for_everyone()
+    finish_run(run_info, trainer.state.log_history, evals)
+    return out
+
+
+def save_plain(model, tokenizer, out: Path, recipe) -> Path:
+    """``out/model`` as a plain sequence classifier; a QLoRA adapter is merged into the float32 base."""
+    final = common.save_final(model, tokenizer, out, merge_lora=True)
+    if recipe.quantization is not None and recipe.peft is not None:
+        from align_kit.export import load_merged, save_export
+
+        merged, tok, _ = load_merged(out / "adapter", recipe.model.name_or_path)
+        save_export(merged, tok, final, overwrite=True)
+        (final / common.COMPLETE).write_text("ok\n")
+    return final
+
+
+def evaluate_pairs(model_dir: Path, pairs: list[dict], max_length: int | None, bins: int = 10) -> dict:
+    """Score held-out pairs with the saved model (so the numbers are those of what was shipped)."""
+    from align_kit.scoring import RewardScorer, length_baseline_accuracy, pairwise_metrics
+
+    if not pairs:
+        return {}
+    scorer = RewardScorer(model_dir, max_length=max_length)
+    chosen, rejected = [], []
+    for pair in pairs:
+        c, r = scorer(pair["prompt"], [pair["chosen"][-1]["content"], pair["rejected"][-1]["content"]])
+        chosen.append(c)
+        rejected.append(r)
+    metrics = pairwise_metrics(chosen, rejected, bins)
+    metrics["length_baseline_accuracy"] = length_baseline_accuracy(pairs)
+    return metrics
