@@ -300,6 +300,7 @@ def build_model_card(model_name: str, base_model: str | None, stages: list[Mappi
         eval_results=_eval_results(eval_results) if eval_results else None,
         align_kit={"pipeline": stage_names, "hyperparameters": hyper})
     base_text = (f"[{base_ref}](https://huggingface.co/{base_ref})" if base_ref else
+                 f"align_kit's built-in `{base_model}`" if base_model and base_model.startswith("builtin:") else
                  f"a local checkpoint (`{Path(base_model).name}`)" if base_model else "a model trained from scratch")
     lines = [f"# {model_name}", "",
              f"Trained from {base_text} with align_kit in {len(stages)} stage(s): "
