@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import sys
 import time
 from pathlib import Path
@@ -72,6 +73,12 @@ def corpus(base: list[str], factor: int, seed: int = 0) -> list[dict]:
     return [{"id": str(i), "text": t} for i, t in enumerate(texts)]
 
 
+def _cpu() -> float:
+    """CPU seconds of this process and its finished workers: on a shared machine wall time alone misleads."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 4, 16])
@@ -85,19 +92,21 @@ def main() -> int:
     eval_sets = {p.name: load_eval_items(p, "question", ["question", "answer", "rationale"])
                  for p in sorted(flan.glob("*.tsv"))}
     print(f"cores available: {os.cpu_count()}, workers: {args.workers}, load average: {os.getloadavg()[0]:.1f}")
-    print(f"{'size':>5}{'docs':>9}{'MB':>8}{'seconds':>9}{'docs/s':>9}{'kept':>8}  dropped by reason")
+    print(f"{'size':>5}{'docs':>9}{'MB':>8}{'seconds':>9}{'docs/s':>9}{'CPU s':>8}{'load':>6}{'kept':>8}  dropped")
     for factor in args.sizes:
         docs = corpus(base, factor)
         megabytes = sum(len(d["text"].encode()) for d in docs) / 1e6
         steps = [QualityFilter(), PIIScrubber(), ExactDedup(), MinHashDedup(), Decontaminate(eval_sets)]
-        start = time.perf_counter()
+        cpu0, start = _cpu(), time.perf_counter()
         result = run_pipeline(docs, steps, workers=args.workers)
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, _cpu() - cpu0
+        load = os.getloadavg()[0]
         dropped = {k: v for k, v in result.counts.most_common() if k != "kept"}
         print(f"{factor:>4}x{len(docs):>9}{megabytes:>8.1f}{seconds:>9.1f}{len(docs) / seconds:>9.0f}"
-              f"{result.counts['kept']:>8}  {dropped}")
+              f"{cpu:>8.1f}{load:>6.1f}{result.counts['kept']:>8}  {dropped}")
         print(json.dumps({"size": factor, "documents": len(docs), "megabytes": round(megabytes, 2),
                           "seconds": round(seconds, 2), "docs_per_second": round(len(docs) / seconds, 1),
+                          "cpu_seconds": round(cpu, 2), "load_average": round(load, 1),
                           "workers": args.workers, "kept": result.counts["kept"], "dropped": dropped}))
     return 0
 

@@ -52,6 +52,7 @@ class Hit:
 
 _CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _TOKEN_RE = re.compile(f"[{_CJK}]|[^\\s{_CJK}]+")
+_CJK_ONE = re.compile(f"[{_CJK}]")
 
 
 def units(text: str) -> list[str]:
@@ -62,6 +63,18 @@ def units(text: str) -> list[str]:
     ['use', '节', '水', '装', '置', 'e', 'g', 'low', 'flow']
     """
     return _TOKEN_RE.findall(normalise(text))
+
+
+def readable(gram: tuple[str, ...]) -> str:
+    """An n-gram as text: spaces between words, none between CJK characters.
+
+    >>> readable(("用", "python", "3", "写", "代", "码"))
+    '用python 3写代码'
+    """
+    out = gram[0] if gram else ""
+    for prev, unit in zip(gram, gram[1:]):
+        out += unit if _CJK_ONE.match(prev) or _CJK_ONE.match(unit) else " " + unit
+    return out
 
 
 class ContaminationIndex:
@@ -105,7 +118,7 @@ class ContaminationIndex:
         for pos, seed in enumerate(zip(*(doc_units[i:] for i in range(self.seed)))):
             for gram, name, idx in self.grams.get(seed, ()):
                 if (name, idx) not in found and tuple(doc_units[pos:pos + len(gram)]) == gram:
-                    found[(name, idx)] = " ".join(gram)
+                    found[(name, idx)] = readable(gram)
         return [Hit(doc_index, doc_id, name, idx, gram) for (name, idx), gram in sorted(found.items())]
 
 

@@ -138,14 +138,16 @@ def _permutations(num_perm: int, seed: int):
     return template.permutations, template.scheme
 
 
-def sketch(text: str, cfg: MinHashConfig) -> tuple[set[str], object]:
-    """Shingles and MinHash signature (numpy array) of one document; pure, so it can run in a worker."""
+def sketch(text: str, cfg: MinHashConfig) -> tuple[set[str] | None, int, object]:
+    """``(shingle set, shingle count, MinHash signature)`` of one document; pure, so it can run in a worker.
+    The set is kept only for ``verify="exact"``: it is most of near-dedup's memory (~50 KB for a
+    500-word page against 100 x 8 bytes of signature)."""
     shingle_set = shingles(text, cfg)
     num_perm = cfg.bands * cfg.rows
     permutations, scheme = _permutations(num_perm, cfg.seed)
     m = MinHash(num_perm=num_perm, seed=cfg.seed, permutations=permutations, scheme=scheme)
     m.update_batch([s.encode("utf-8") for s in shingle_set])
-    return shingle_set, m.hashvalues
+    return (shingle_set if cfg.verify == "exact" else None), len(shingle_set), m.hashvalues
 
 
 def near_duplicate_pairs(texts: list[str], cfg: MinHashConfig | None = None,
@@ -162,15 +164,14 @@ def near_duplicate_pairs(texts: list[str], cfg: MinHashConfig | None = None,
     permutations, scheme = _permutations(num_perm, cfg.seed)
     lsh = MinHashLSH(num_perm=num_perm, params=(cfg.bands, cfg.rows))
     sketches = sketches if sketches is not None else [sketch(t, cfg) for t in texts]
-    sets = [s for s, _ in sketches]
     hashes = [MinHash(num_perm=num_perm, seed=cfg.seed, hashvalues=hv, permutations=permutations, scheme=scheme)
-              for _, hv in sketches]
+              for _, _, hv in sketches]
     pairs = []
-    for i, (s, m) in enumerate(zip(sets, hashes)):
-        if not s:
+    for i, ((shingle_set, count, _), m) in enumerate(zip(sketches, hashes)):
+        if not count:
             continue  # an empty document has no shingles; exact dedup handles empties
         for j in lsh.query(m):
-            sim = jaccard(s, sets[j]) if cfg.verify == "exact" else m.jaccard(hashes[j])
+            sim = jaccard(shingle_set, sketches[j][0]) if cfg.verify == "exact" else m.jaccard(hashes[j])
             if sim >= cfg.threshold:
                 pairs.append((j, i, sim))
         lsh.insert(i, m)
