@@ -146,3 +146,47 @@ def test_cli_eval_perplexity_and_samples(tok, cat_policy, tmp_path, capsys):
     table = capsys.readouterr().out.strip().splitlines()
     assert table[0] == "| prompt | base | sft |" and all(row.endswith("| cat |") for row in table[2:])
     assert main(["eval", str(tmp_path / "base"), "--task", "win-rate", "--data", str(tmp_path / "prompts.jsonl")]) == 2
+
+
+def test_cli_eval_reward_and_win_rate_with_a_reward_model(tok, tmp_path, capsys):
+    import json
+
+    from transformers import LlamaForSequenceClassification
+
+    from align_kit.cli import main
+    from align_kit.scoring import RewardScorer
+
+    torch.manual_seed(3)
+    rm = LlamaForSequenceClassification(LlamaConfig(
+        vocab_size=len(WORDS), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=64, pad_token_id=1, num_labels=1))
+    rm.save_pretrained(tmp_path / "rm")
+    tok.save_pretrained(tmp_path / "rm")
+    for name, seed in (("policy", 0), ("ref", 1)):
+        tiny_llama(seed).save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+    pairs = [{"prompt": p, "chosen": [{"role": "assistant", "content": c}],
+              "rejected": [{"role": "assistant", "content": r}]}
+             for p, c, r in zip(PROMPTS, ("cat", "the mat", "red", "a dog"), ("dog", "blue", "world is", "sat on"))]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+
+    scorer = RewardScorer(tmp_path / "rm")
+    margins = [a - b for a, b in (scorer(p["prompt"], [p["chosen"][0]["content"], p["rejected"][0]["content"]])
+                                  for p in pairs)]
+    out = tmp_path / "reward.json"
+    assert main(["eval", str(tmp_path / "rm"), "--task", "reward", "--data", str(tmp_path / "pairs.jsonl"),
+                 "--out", str(out)]) == 0
+    got = json.loads(out.read_text())
+    assert got["pairs"] == 4 and got["accuracy"] == (sum(m > 0 for m in margins) + 0.5 * sum(m == 0 for m in margins)) / 4
+    assert got["mean_margin"] == pytest.approx(sum(margins) / 4, abs=1e-6)
+
+    out = tmp_path / "win.json"
+    assert main(["eval", str(tmp_path / "policy"), "--task", "win-rate", "--data", str(tmp_path / "prompts.jsonl"),
+                 "--reference", str(tmp_path / "ref"), "--reward-model", str(tmp_path / "rm"),
+                 "--max-new-tokens", "3", "--out", str(out)]) == 0
+    win = json.loads(out.read_text())
+    assert win["wins"] + win["ties"] + win["losses"] == 4 and len(win["samples"]) == 4
+    for s in win["samples"]:  # the judge's scores are the reward model's scores of those very answers
+        want = scorer([{"role": "user", "content": s["prompt"]}], [s["policy"], s["reference"]])
+        assert [s["policy_score"], s["reference_score"]] == pytest.approx(want, abs=1e-6)
