@@ -121,9 +121,14 @@ def git_revision(path: str | Path | None = None) -> dict | None:
             return None
         return done.stdout.strip() if done.returncode == 0 else None
 
+    top = git("rev-parse", "--show-toplevel")
+    # An installed wheel has no checkout of its own; a virtualenv inside some other repository would
+    # otherwise report that repository's commit as align_kit's.
+    if not top or (path is None and Path(top).resolve() != where.resolve()):
+        return None
     commit = git("rev-parse", "HEAD")
     if not commit:
-        return None  # an installed wheel, or git missing: no revision to record
+        return None
     status = git("status", "--porcelain", "--untracked-files=no")
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 

@@ -83,3 +83,22 @@ def test_manifest_overwrite_is_whole(tmp_path):
     write_manifest(tmp_path, {"stage": "dpo"}, None, seed=3)
     m = json.loads((tmp_path / "manifest.json").read_text())
     assert m["recipe"] == {"stage": "dpo"} and m["seeds"] == {"seed": 3}
+
+
+def test_git_revision_and_dirty_flag(tmp_path):
+    import subprocess
+
+    from align_kit.manifest import git_revision
+
+    assert git_revision(tmp_path) is None  # not a checkout
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@e", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@e"}
+    run = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, env=env, check=True, capture_output=True,  # noqa: E731
+                                    text=True).stdout.strip()
+    run("init", "-q")
+    (tmp_path / "f.txt").write_text("a")
+    run("add", "f.txt")
+    run("commit", "-qm", "one")
+    assert git_revision(tmp_path) == {"commit": run("rev-parse", "HEAD"), "dirty": False}
+    (tmp_path / "f.txt").write_text("b")
+    assert git_revision(tmp_path)["dirty"] is True
