@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from align_kit.errors import ConfigError
@@ -37,7 +36,7 @@ def register(sub, data_sub) -> None:
 
 def _export(args) -> int:
     from align_kit.export import export_model
-    from align_kit.hub import card_files_for, stage_from_manifest, write_model_card
+    from align_kit.modelcard import card_from_run
 
     template = None
     if args.chat_template:
@@ -50,17 +49,8 @@ def _export(args) -> int:
     print(f"exported {'merged LoRA' if info['merged_lora'] else 'model'} ({info['dtype']}) to {info['out']}")
     if args.no_card:
         return 0
-    run = Path(args.run_dir)
-    manifest_path = run / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    stage = stage_from_manifest(manifest) if manifest else {"name": "train", "datasets": [], "hyperparameters": {}}
-    evals_path = run / "evals.json"
-    evals = json.loads(evals_path.read_text()) if evals_path.is_file() else None
-    for rec in evals or []:  # a run report says before/after; the card names the models
-        rec["stage"] = {"before": "base", "after": stage["name"]}.get(rec.get("stage"), rec.get("stage"))
-    card = write_model_card(args.out, args.model_name or Path(args.out).name, stage.get("base_model") or
-                            info["base_model"], [stage], card_files_for(stage["datasets"]), evals,
-                            license=args.license)
+    card = card_from_run(args.run_dir, args.out, args.model_name or Path(args.out).name, info["base_model"],
+                         license=args.license)
     print(f"model card: {card}")
     return 0
 

@@ -22,7 +22,8 @@ import yaml
 from huggingface_hub import ModelCard, constants
 
 from align_kit.errors import ConfigError
-from align_kit.hub import plan_upload, push, read_front_matter, write_model_card
+from align_kit.hub import plan_upload, push
+from align_kit.modelcard import read_front_matter, write_model_card
 
 TOKEN = "hf_PlantedTestTokenAbcdefghijklmnop123"
 
@@ -246,3 +247,32 @@ def test_push_needs_weights_and_valid_repo_id(tmp_path):
         push(tmp_path, "someone/x", dry_run=True)
     with pytest.raises(ConfigError, match="repo id"):
         push(tmp_path, "bad//id", dry_run=True)
+
+
+def test_card_from_run_follows_the_stage_chain(tmp_path):
+    from align_kit.modelcard import card_from_run
+
+    sft, dpo = tmp_path / "runs" / "sft", tmp_path / "runs" / "dpo"
+    for run, recipe, evals in (
+        (sft, {"stage": "sft", "model": {"name_or_path": "builtin:tiny-llama"}, "seed": 1,
+               "data": {"train": [{"name": "my-data"}]}, "trainer": {"learning_rate": 0.003}},
+         [{"metric": "verifier_accuracy", "value": 0.1, "stage": "before"},
+          {"metric": "verifier_accuracy", "value": 0.4, "stage": "after"}]),
+        (dpo, {"stage": "dpo", "model": {"name_or_path": str(sft / "model")}, "peft": {"r": 8, "alpha": 16},
+               "data": {"train": [{"path": "pairs.jsonl"}]}, "trainer": {"beta": 0.1}},
+         [{"metric": "verifier_accuracy", "value": 0.4, "stage": "before"},
+          {"metric": "verifier_accuracy", "value": 0.55, "stage": "after"}])):
+        (run / "model").mkdir(parents=True)
+        (run / "manifest.json").write_text(json.dumps({"recipe": recipe}))
+        (run / "evals.json").write_text(json.dumps(evals))
+    card = card_from_run(dpo, tmp_path / "out", "tiny-dpo")
+    meta = yaml.safe_load(card.read_text().split("---")[1])
+    assert meta["align_kit"]["pipeline"] == ["sft", "dpo"] and meta["tags"] == ["align_kit", "sft", "dpo"]
+    assert meta["align_kit"]["hyperparameters"] == {"sft": {"learning_rate": 0.003, "seed": 1},
+                                                   "dpo": {"beta": 0.1, "lora_r": 8, "lora_alpha": 16}}
+    metrics = meta["model-index"][0]["results"][0]["metrics"]
+    assert [(m["name"], m["value"]) for m in metrics] == [("verifier_accuracy (base model)", 0.1),
+                                                          ("verifier_accuracy (after sft)", 0.4),
+                                                          ("verifier_accuracy (after dpo)", 0.55)]
+    text = card.read_text()
+    assert "align_kit's built-in `builtin:tiny-llama`" in text and "| dpo | pairs.jsonl | beta=0.1" in text
