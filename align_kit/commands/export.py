@@ -22,7 +22,11 @@ def register(sub, data_sub) -> None:
     p.add_argument("--no-card", action="store_true", help="do not write README.md and data_cards/")
     p.set_defaults(func=_export)
 
-    q = sub.add_parser("push", help="upload an exported model folder to the Hugging Face Hub (private by default)")
+    q = sub.add_parser("push", help="upload an exported model folder to the Hugging Face Hub (private by default)",
+                       epilog="Uploaded: *.safetensors, config.json, generation_config.json, adapter_config.json, "
+                              "tokenizer files, chat template, README.md and data_cards/*.md. Everything else "
+                              "(checkpoints, optimizer states, logs, manifest.json) stays local. The token comes "
+                              "from HF_TOKEN or `hf auth login`; align_kit never prints or stores it.")
     q.add_argument("out_dir", help="folder written by `align-kit export`")
     q.add_argument("repo_id", help="user-or-org/name")
     q.add_argument("--public", action="store_true", help="create the repository public (default: private)")
