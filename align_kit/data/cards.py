@@ -18,7 +18,7 @@ import yaml
 from align_kit.errors import ConfigError
 from align_kit.families import closest
 
-REQUIRED = ("name", "license", "format", "task", "source", "splits")
+REQUIRED = ("name", "license", "format", "source", "splits")
 
 
 def cards_dir() -> Path:
@@ -31,9 +31,9 @@ class Card:
     name: str
     license: str
     format: str
-    task: str
-    source: dict
-    splits: dict
+    task: str = ""
+    source: dict = field(default_factory=dict)
+    splits: dict = field(default_factory=dict)
     eval_only_splits: list = field(default_factory=list)
     columns: dict = field(default_factory=dict)
     path: Path | None = None
@@ -68,7 +68,7 @@ def parse_card(path: Path) -> Card:
     missing = [k for k in REQUIRED if k not in meta]
     if missing:
         raise ConfigError(f"{path}: front matter lacks {', '.join(missing)}")
-    known = {k: meta[k] for k in (*REQUIRED, "eval_only_splits", "columns") if k in meta}
+    known = {k: meta[k] for k in (*REQUIRED, "task", "eval_only_splits", "columns") if k in meta}
     return Card(**known, path=path, meta=meta)
 
 

@@ -14,6 +14,25 @@ _CKPT = re.compile(r"^checkpoint-(\d+)$")
 COMPLETE = "align_kit_complete"  # marker written last: a checkpoint without it was cut short
 
 
+def trainer_defaults(recipe) -> dict:
+    """align_kit's defaults where the recipe's ``trainer:`` is silent (TRL's assume a bf16-capable GPU and
+    turn on gradient checkpointing; on other hardware that costs speed for nothing)."""
+    import torch
+
+    t = recipe.trainer
+    cuda = torch.cuda.is_available()
+    d = {
+        "bf16": t.get("bf16", cuda and torch.cuda.is_bf16_supported()),
+        "gradient_checkpointing": recipe.model.gradient_checkpointing,
+        "use_cpu": t.get("use_cpu", not cuda),
+        "report_to": t.get("report_to", "none"),
+        "save_only_model": t.get("save_only_model", False),
+    }
+    if d["gradient_checkpointing"]:
+        d["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
+    return d
+
+
 def complete_checkpoints(output_dir: str | Path) -> list[Path]:
     """Complete checkpoints in step order; incomplete ones (killed mid-write) are reported and skipped."""
     out = Path(output_dir)

@@ -58,6 +58,7 @@ def run(recipe) -> Path:
     from datasets import Dataset
     from trl import SFTTrainer
 
+    from align_kit.data.packing import PackedCollator, pack_samples
     from align_kit.data.sources import load_data
     from align_kit.models import apply_lora, load_model, load_tokenizer
     from align_kit.runlog import finish_run, start_run
@@ -69,13 +70,16 @@ def run(recipe) -> Path:
     eval_rows, _ = tokenize_rows(data.eval, tokenizer, "eval")
     args = recipe.trainer_config(**_defaults(recipe, bool(eval_rows)))
     truncated = report_truncation(train_rows, args.max_length, "train")
+    pack = recipe.trainer.get("packing", True)
+    train_ds = Dataset.from_list(pack_samples(train_rows, args.max_length, pack))
+    eval_ds = Dataset.from_list(pack_samples(eval_rows, args.max_length, pack)) if eval_rows else None
 
     model = load_model(recipe.model, tokenizer, quant=recipe.quantization)
     model = apply_lora(model, recipe.peft, quantized=recipe.quantization is not None)
     run_info = start_run(recipe, data, extra={"truncated_rows": truncated, **train_stats})
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
-                         eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
-                         processing_class=tokenizer)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                         processing_class=tokenizer,
+                         data_collator=PackedCollator(tokenizer.pad_token_id, args.pad_to_multiple_of))
     evals = {"before": _evaluate(trainer, recipe, data.eval, tokenizer)}
     trainer.train(resume_from_checkpoint=str(common.last_checkpoint(out) or "") or None)
     evals["after"] = _evaluate(trainer, recipe, data.eval, tokenizer)
@@ -85,12 +89,8 @@ def run(recipe) -> Path:
 
 
 def _defaults(recipe, has_eval: bool) -> dict:
-    """align_kit's defaults where the recipe is silent: pack (no pad tokens wasted) and evaluate if possible."""
-    t = recipe.trainer
-    d = {"packing": t.get("packing", True), "dataset_num_proc": t.get("dataset_num_proc")}
-    if has_eval and "eval_strategy" not in t:
-        d["eval_strategy"] = "no"  # align_kit evaluates before and after; per-step eval is opt-in
-    return d
+    """Rows arrive packed by align_kit (see data/packing.py), so TRL's own packing and padding-free are off."""
+    return {**common.trainer_defaults(recipe), "packing": False, "padding_free": False}
 
 
 def _evaluate(trainer, recipe, eval_conversations: list[dict], tokenizer) -> dict:

@@ -1,0 +1,87 @@
+"""``align-kit train RECIPE [key=value ...]``, ``align-kit data convert`` and ``align-kit data inspect``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from align_kit.errors import ConfigError, SkipReport
+
+
+def register(sub, data_sub) -> None:
+    p = sub.add_parser("train", help="run one stage from a recipe")
+    p.add_argument("recipe", help="recipe YAML file")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.learning_rate=1e-4 peft.r=16")
+    p.add_argument("--check", action="store_true", help="validate the recipe and exit")
+    p.set_defaults(func=cmd_train)
+
+    c = data_sub.add_parser("convert", help="convert instruction data to the messages schema")
+    c.add_argument("input", help="json, jsonl(.gz), csv, tsv or parquet file")
+    c.add_argument("--format", default="auto", help="alpaca, flan, flan_cot, sharegpt, messages or auto")
+    c.add_argument("--out", help="write converted rows as jsonl here")
+    c.add_argument("--skip-bad-rows", action="store_true", help="drop bad rows and count them by reason")
+    c.set_defaults(func=cmd_convert)
+
+    i = data_sub.add_parser("inspect", help="show one templated example with its trained tokens marked")
+    i.add_argument("recipe")
+    i.add_argument("overrides", nargs="*")
+    i.add_argument("--row", type=int, default=1, help="which training row (from 1)")
+    i.add_argument("--ids", action="store_true", help="also list token ids with their trained flag")
+    i.set_defaults(func=cmd_inspect)
+
+
+def cmd_train(args) -> int:
+    from align_kit.config import load_recipe
+    from align_kit.stages import run_stage
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    if args.check:
+        print(f"{args.recipe}: valid {recipe.stage} recipe")
+        return 0
+    out = run_stage(recipe)
+    print(f"done: {out}")
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from align_kit.data.formats import FLAN_COT_COLUMNS, convert_records
+    from align_kit.data.io import read_records
+
+    cols = FLAN_COT_COLUMNS if args.format == "flan_cot" and args.input.endswith(".tsv") else None
+    report = SkipReport(args.input)
+    rows = list(convert_records(read_records(args.input, columns=cols), args.format, args.input,
+                                skip=args.skip_bad_rows, report=report))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.out, "w", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    print(report.summary())
+    for example in report.examples[:5]:
+        print(f"  {example}")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from align_kit.config import load_recipe
+    from align_kit.data.sources import load_data
+    from align_kit.data.tokenize import render_marked, tokenize_conversation
+    from align_kit.families import get_template, stop_token_ids
+    from align_kit.models import load_tokenizer
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    if recipe.stage not in ("sft",):
+        raise ConfigError(f"data inspect shows SFT examples; {args.recipe} is a '{recipe.stage}' recipe")
+    tokenizer = load_tokenizer(recipe.model)
+    rows = load_data(recipe.data, "instruction").train
+    if not 1 <= args.row <= len(rows):
+        raise ConfigError(f"--row {args.row}: expected 1..{len(rows)}")
+    stops = stop_token_ids(tokenizer, get_template(tokenizer.align_kit_template))
+    tok = tokenize_conversation(tokenizer, rows[args.row - 1]["messages"], stops)
+    print(f"template: {tokenizer.align_kit_template}; trained tokens: {sum(tok.assistant_masks)} of "
+          f"{len(tok.input_ids)}; [[...]] marks what the model learns")
+    print(render_marked(tokenizer, tok))
+    if args.ids:
+        for tid, m in zip(tok.input_ids, tok.assistant_masks):
+            print(f"{tid:>8} {'T' if m else '.'} {tokenizer.convert_ids_to_tokens(tid)!r}")
+    return 0
