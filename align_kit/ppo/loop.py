@@ -84,6 +84,7 @@ class PPOTrainer:
         self.kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
                        else FixedKLController(cfg.kl_coef))
         self.step_done = 0
+        self._order: tuple[int, list[int]] = (-1, [])  # (epoch, prompt permutation) cache
         self.last_checkpoint: Path | None = None
         if cfg.resume:
             self._resume()
@@ -120,8 +121,10 @@ class PPOTrainer:
         picked = []
         for k in range(start, start + per):
             epoch, pos = divmod(k, n)
-            gen = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
-            picked.append(self.prompts[int(torch.randperm(n, generator=gen)[pos])])
+            if self._order[0] != epoch:
+                gen = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
+                self._order = (epoch, torch.randperm(n, generator=gen).tolist())
+            picked.append(self.prompts[self._order[1][pos]])
         return picked
 
     # ---- one step -----------------------------------------------------------------------------------
