@@ -133,9 +133,10 @@ class Recipe:
     def trainer_config(self, **extra):
         """Instantiate the stage's trainer config with output_dir and seed filled in."""
         from align_kit.stages import get_stage
+        from align_kit.stages.common import trainer_defaults
 
         cls = get_stage(self.stage).TRAINER_CONFIG
-        kwargs = {"output_dir": self.output_dir, "seed": self.seed, "report_to": "none", **self.trainer, **extra}
+        kwargs = {"output_dir": self.output_dir, "seed": self.seed, **trainer_defaults(self), **self.trainer, **extra}
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in kwargs.items() if k in names})
 
@@ -162,14 +163,16 @@ def _check_value(value, tp, where: str):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
+        candidates = [a for a in args if a is not type(None)]
+        if len(candidates) == 1:  # Optional[X]: X's own, more precise error
+            return _check_value(value, candidates[0], where)
+        for arg in candidates:
+            if dataclasses.is_dataclass(arg) and isinstance(value, dict):
+                return _check_value(value, arg, where)
             try:
                 return _check_value(value, arg, where)
-            except ConfigError as exc:
-                errors.append(str(exc))
+            except ConfigError:
+                continue
         raise ConfigError(f"{where}: expected {' or '.join(_type_name(a) for a in args)}, found {value!r}")
     if origin is Literal:
         options = typing.get_args(tp)
@@ -213,9 +216,9 @@ def build(cls, data, where: str = "recipe"):
 
     >>> build(PeftArgs, {"r": 8}).r
     8
-    >>> build(PeftArgs, {"rank": 8})
+    >>> build(PeftArgs, {"alpah": 8}, "peft")
     Traceback (most recent call last):
-    align_kit.errors.ConfigError: recipe: unknown key 'rank' (did you mean 'r'?)
+    align_kit.errors.ConfigError: peft: unknown key 'alpah' (did you mean 'alpha'?); valid keys: method, r, alpha, dropout, target_modules, modules_to_save
     """
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping of {cls.__name__} fields, found {data!r}")
@@ -237,6 +240,33 @@ def build(cls, data, where: str = "recipe"):
 
 
 # ----------------------------------------------------------------------------- YAML, env, overrides
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 scalars: only true/false are booleans (``save_strategy: no`` stays the
+    string "no", not False) and ``1e-4`` is a float. Safe: no Python objects are ever constructed."""
+
+
+RecipeLoader.yaml_implicit_resolvers = {
+    ch: [(tag, rx) for tag, rx in resolvers if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:float")]
+    for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+RecipeLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                   list("tTfF"))
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?(?:\d[\d_]*)?\.?\d+(?:[eE][-+]?\d+)?|[-+]?\d[\d_]*\.\d*(?:[eE][-+]?\d+)?"
+               r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."))
+
+
+def parse_yaml(text: str):
+    r"""Parse recipe YAML.
+
+    >>> parse_yaml("a: no\nb: 1e-4\nc: true\nd: 3\ne: 1.5")
+    {'a': 'no', 'b': 0.0001, 'c': True, 'd': 3, 'e': 1.5}
+    """
+    return yaml.load(text, Loader=RecipeLoader)  # noqa: S506 - RecipeLoader derives from SafeLoader
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -272,9 +302,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"override '{item}': expected dotted.key=value, e.g. trainer.learning_rate=1e-4")
         key, text = item.split("=", 1)
-        value = yaml.safe_load(text) if text.strip() else ""
-        if isinstance(value, str) and re.fullmatch(r"[-+]?\d*\.?\d+[eE][-+]?\d+", value):
-            value = float(value)  # YAML 1.1 reads 1e-4 as a string
+        value = parse_yaml(text) if text.strip() else ""
         node = raw
         parts = key.split(".")
         for part in parts[:-1]:
@@ -285,24 +313,13 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
-def _fix_floats(value):
-    """YAML 1.1 reads ``1e-4`` (no dot) as a string; recipes mean a number."""
-    if isinstance(value, str) and re.fullmatch(r"[-+]?\d*\.?\d+[eE][-+]?\d+", value):
-        return float(value)
-    if isinstance(value, list):
-        return [_fix_floats(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _fix_floats(v) for k, v in value.items()}
-    return value
-
-
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read, override, expand and validate a recipe file. Nothing heavy is loaded."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: recipe file not found")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))  # safe_load: no Python objects from YAML
+        raw = parse_yaml(path.read_text(encoding="utf-8"))  # a SafeLoader: no Python objects from YAML
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML: {exc}") from None
     if not isinstance(raw, dict):
@@ -317,7 +334,7 @@ def recipe_from_dict(raw: dict, source: str | None = None) -> Recipe:
     """Validate a recipe given as a dict (the Python API's entry point)."""
     from align_kit.stages import STAGES, get_stage
 
-    raw = _fix_floats(expand_env(dict(raw)))
+    raw = expand_env(dict(raw))
     stage_name = raw.get("stage")
     if stage_name is None:
         raise ConfigError(f"stage: required key is missing; one of {', '.join(STAGES)}")

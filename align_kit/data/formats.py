@@ -32,7 +32,7 @@ def detect_format(record: dict) -> str | None:
         return "messages"
     if "conversations" in keys and not {"chosen", "rejected"} & keys:
         return "sharegpt"
-    if {"instruction", "output"} <= keys:
+    if "instruction" in keys:
         return "alpaca"
     if {"inputs", "targets"} <= keys:
         return "flan"

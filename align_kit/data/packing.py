@@ -2,7 +2,7 @@
 
 Samples are placed into rows of at most ``max_length`` tokens by best-fit decreasing. Each row keeps
 ``seq_lengths``; the collator turns them into position ids that restart at 0 for every sample and passes
-**no attention mask**, so transformers derives a block-diagonal causal mask from the position ids
+**no attention mask** and ``use_cache=False``, so transformers derives a block-diagonal causal mask from the position ids
 (``find_packed_sequence_indices``): a token only sees earlier tokens of its own sample. Unlike
 padding-free flattening of the whole batch into one row, attention cost stays O(rows x max_length^2),
 which is what matters without a varlen FlashAttention kernel (CPU, SDPA).
@@ -97,4 +97,7 @@ class PackedCollator:
             ids.append(list(r["input_ids"]) + [self.pad_token_id] * pad)
             labels.append(list(r["labels"]) + [IGNORE] * pad)
             pos.append(position_ids(list(r["seq_lengths"]), longest))
-        return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "position_ids": torch.tensor(pos)}
+        # use_cache=False matters: with a KV cache transformers skips packed-sequence detection and the
+        # samples of a row would attend to each other (tests/stages/test_sft.py checks this).
+        return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "position_ids": torch.tensor(pos),
+                "use_cache": False}

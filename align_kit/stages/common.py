@@ -75,6 +75,8 @@ def save_final(model, tokenizer, output_dir: str | Path, merge_lora: bool = True
     """
     out = Path(output_dir)
     final, tmp = out / "model", out / "model.tmp"
+    if not is_main_process():
+        return final  # one writer; the others hold identical weights under DDP
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     is_peft = hasattr(model, "peft_config")

@@ -90,7 +90,7 @@ def run(recipe) -> Path:
 
 def _defaults(recipe, has_eval: bool) -> dict:
     """Rows arrive packed by align_kit (see data/packing.py), so TRL's own packing and padding-free are off."""
-    return {**common.trainer_defaults(recipe), "packing": False, "padding_free": False}
+    return {"packing": False, "padding_free": False}
 
 
 def _evaluate(trainer, recipe, eval_conversations: list[dict], tokenizer) -> dict:

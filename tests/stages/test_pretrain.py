@@ -1,0 +1,200 @@
+"""Pretrain stage on the real stories260K checkpoint: held-out perplexity falls on English and Chinese,
+resume continues from the checkpoint's step to the same weights, vocabulary extension trains new rows
+without moving old ids, LoRA/QLoRA train their adapters, and two processes under accelerate finish."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from align_kit.config import load_recipe, recipe_from_dict
+from align_kit.errors import ConfigError
+from align_kit.stages import pretrain, run_stage
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def make_recipe(shared, out, *, wiki=3, chinese=300, steps=4, block=64, **over):
+    data = f"{shared}/data/pretrain"
+    train = ([{"path": f"{data}/wiki_demo.txt", "max_rows": wiki}] if wiki else []) + (
+        [{"path": f"{data}/chinese.txt", "max_rows": chinese}] if chinese else [])
+    raw = {"stage": "pretrain", "output_dir": str(out), "seed": 0,
+           "model": {"name_or_path": f"{shared}/models/stories260K", "family": "llama"},
+           "data": {"train": train, "eval_fraction": 0.34 if wiki else 0.2},
+           "pretrain": {"block_size": block, "max_eval_blocks": 16},
+           "trainer": {"max_steps": steps, "per_device_train_batch_size": 4, "learning_rate": 3e-3,
+                       "logging_steps": 1, "save_steps": 2, "report_to": "none", "dataloader_num_workers": 0}}
+    for key, value in over.items():
+        section, _, name = key.partition("__")
+        if name:
+            raw.setdefault(section, {})[name] = value
+        else:
+            raw[section] = value
+    return recipe_from_dict(raw)
+
+
+def test_perplexity_falls_on_english_and_chinese(shared, tmp_path):
+    """Acceptance: wiki_demo + chinese.txt from stories260K; both held-out perplexities must fall."""
+    recipe = make_recipe(shared, tmp_path, wiki=4, chinese=600, steps=30, block=128,
+                         trainer__per_device_train_batch_size=8, trainer__save_steps=30, trainer__warmup_steps=3,
+                         trainer__lr_scheduler_type="cosine")
+    out = run_stage(recipe)
+    evals = json.loads((out / "eval.json").read_text())
+    before, after = evals["before"], evals["after"]
+    assert set(before) == set(after) == {"wiki_demo", "chinese"}
+    # Children's-story English is close to Wikipedia English; Chinese is byte fallback the model never saw.
+    assert 20 < before["wiki_demo"]["perplexity"] < 200 and before["chinese"]["perplexity"] > 1e4
+    assert after["wiki_demo"]["perplexity"] < 0.8 * before["wiki_demo"]["perplexity"]
+    assert after["chinese"]["perplexity"] < 200
+    stats = json.loads((out / "manifest.json").read_text())["extra"]
+    assert stats["block_size"] == 128 and stats["new_tokens"] == 0 and stats["eval_blocks"] == {
+        "wiki_demo": 16, "chinese": 16}
+    # Weights 1:1 share tokens: the mixture holds as many blocks of each source (the sum stays the same).
+    assert stats["train_blocks"] == sum(s["blocks"] for s in stats["sources"].values())
+    assert (out / "model" / "model.safetensors").exists() and (out / "report.md").exists()
+
+
+def test_resume_from_a_checkpoint_reaches_the_same_weights(shared, tmp_path):
+    full = run_stage(make_recipe(shared, tmp_path / "full", wiki=0, steps=4))
+    assert sorted(p.name for p in full.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    shutil.copytree(full / "checkpoint-2", tmp_path / "cut" / "checkpoint-2")
+    cut = run_stage(make_recipe(shared, tmp_path / "cut", wiki=0, steps=4))
+    steps = [r["step"] for r in json.loads((cut / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
+             if "loss" in r]
+    assert steps == [1, 2, 3, 4]  # steps 1-2 come from the checkpoint's history, 3-4 were trained after resuming
+    a, b = load_file(full / "model" / "model.safetensors"), load_file(cut / "model" / "model.safetensors")
+    base = load_file(Path(shared) / "models/stories260K/model.safetensors")
+    assert not torch.equal(a["model.embed_tokens.weight"], base["model.embed_tokens.weight"])
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6)
+
+
+def trainable(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_vocabulary_extension_trains_new_rows_and_keeps_old_ids(shared, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    recipe = make_recipe(shared, tmp_path, wiki=0, chinese=600, steps=4,
+                         pretrain__extend_vocab={"sentencepiece": {"vocab_size": 1500, "character_coverage": 0.98},
+                                                 "max_new_tokens": 400})
+    out = run_stage(recipe)
+    base_tok = AutoTokenizer.from_pretrained(Path(shared) / "models/stories260K")
+    tok = AutoTokenizer.from_pretrained(out / "model")
+    new = (out / "new_tokens.txt").read_text(encoding="utf-8").split()
+    assert len(new) == 400 and len(tok) == 512 + 400
+    assert tok.convert_tokens_to_ids(new) == list(range(512, 912))
+    english = "Once upon a time, there was a little girl named Lily. She loved to play outside: 3.5 (ok)!"
+    assert tok(english).input_ids == base_tok(english).input_ids  # same ids for old-vocabulary text
+    assert base_tok.get_vocab() == {t: i for t, i in tok.get_vocab().items() if i < 512}
+    line = "我们如何在日常生活中减少用水？"
+    assert len(tok(line).input_ids) < len(base_tok(line).input_ids) / 2  # Chinese pieces replace byte fallback
+
+    base = AutoModelForCausalLM.from_pretrained(Path(shared) / "models/stories260K").get_input_embeddings().weight
+    grown = AutoModelForCausalLM.from_pretrained(out / "model").get_input_embeddings().weight
+    assert grown.shape == (912, 64)
+    mean_init = base.mean(0)  # load_model initialises new rows around the mean of the old ones
+    used = sorted({i for ids in tok(["我们如何在日常生活中减少用水？", "可以使用数据"]).input_ids for i in ids if i >= 512})
+    assert used and all(not torch.allclose(grown[i], mean_init, atol=1e-3) for i in used)
+
+
+def test_embedding_warmup_changes_only_new_rows(shared, tmp_path):
+    from transformers import AutoModelForCausalLM, Trainer
+
+    from align_kit.data.blocks import collate_blocks
+
+    recipe = make_recipe(shared, tmp_path, wiki=0, model__new_tokens=["我们", "可以"],
+                         pretrain__embedding_warmup_steps=3)
+    model = AutoModelForCausalLM.from_pretrained(recipe.model.name_or_path)
+    model.resize_token_embeddings(514, mean_resizing=True)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    ids = torch.randint(0, 514, (8, 32)).tolist()
+    from datasets import Dataset
+
+    trainer = Trainer(model=model, args=recipe.trainer_config(use_cpu=True, learning_rate=1e-2),
+                      train_dataset=Dataset.from_dict({"input_ids": ids}), data_collator=collate_blocks)
+    pretrain.warm_new_embeddings(trainer, recipe, base_vocab=512)
+    after = dict(model.named_parameters())
+    emb = "model.embed_tokens.weight"  # tied with lm_head in stories260K
+    assert torch.equal(after[emb][:512], before[emb][:512])
+    assert (after[emb][512:] - before[emb][512:]).abs().min() > 0
+    assert all(torch.equal(after[n], before[n]) for n in before if n != emb)
+    assert all(p.requires_grad for p in model.parameters())  # unfrozen for the main run
+
+
+@pytest.mark.parametrize("quantized", [False, True], ids=["lora", "qlora"])
+def test_lora_and_qlora_train_their_adapters(shared, tmp_path, quantized, monkeypatch):
+    recipe = make_recipe(shared, tmp_path, wiki=0, chinese=200, steps=3, peft={"r": 4, "alpha": 8},
+                         trainer__learning_rate=1e-2, **({"quantization": {"bits": 4}} if quantized else {}))
+    from align_kit.stages import common
+
+    captured, original = {}, common.save_final
+
+    def spy(model, tokenizer, out, merge_lora=True):  # the trained model, as the stage hands it over
+        captured["after"] = trainable(model)
+        return original(model, tokenizer, out, merge_lora)
+
+    monkeypatch.setattr(common, "save_final", spy)
+    out = run_stage(recipe)
+    lora_b = {n: p for n, p in captured["after"].items() if "lora_B" in n}
+    assert lora_b and all(p.abs().sum() > 0 for p in lora_b.values())  # lora_B starts at zero
+    assert not any("lora" not in n for n in captured["after"])  # only adapters are trained
+    assert (out / "adapter" / "adapter_config.json").exists()
+    if quantized:
+        assert (out / "model" / "adapter_config.json").exists()  # a 4-bit base is not merged
+    else:
+        assert (out / "model" / "model.safetensors").exists()  # merged: loads with plain transformers
+
+
+def test_options_are_checked_before_the_model_loads(shared, tmp_path):
+    with pytest.raises(ConfigError, match="modules_to_save: \\[embed_tokens, lm_head\\]"):
+        make_recipe(shared, tmp_path, peft={"r": 4}, model__new_tokens=["<x>"])
+    with pytest.raises(ConfigError, match="give tokens_file or sentencepiece"):
+        make_recipe(shared, tmp_path, pretrain__extend_vocab={"max_new_tokens": 3})
+    with pytest.raises(ConfigError, match="character_coverage: SentencePiece accepts 0.98 to 1.0, found 0.9"):
+        make_recipe(shared, tmp_path, pretrain__extend_vocab={"sentencepiece": {"character_coverage": 0.9}})
+    with pytest.raises(ConfigError, match="embedding_warmup_steps needs new tokens"):
+        make_recipe(shared, tmp_path, pretrain__embedding_warmup_steps=2)
+    with pytest.raises(ConfigError, match="unknown key 'model_typ'"):
+        make_recipe(shared, tmp_path, pretrain__extend_vocab={"sentencepiece": {"model_typ": "bpe"}})
+    with pytest.raises(ConfigError, match="exceeds the model's max_position_embeddings=512"):
+        run_stage(make_recipe(shared, tmp_path, wiki=0, chinese=50, block=1024))
+
+
+def test_shipped_pretrain_recipes_load(monkeypatch):
+    monkeypatch.setenv("ALIGN_KIT_SHARED", str(ROOT.parent / "shared"))
+    shipped = sorted((ROOT / "recipes").glob("*/pretrain*.yaml"))
+    names = [f"{p.parent.name}/{p.name}" for p in shipped]
+    assert len(shipped) >= 1 and "tiny/pretrain.yaml" in names, names
+    for path in shipped:
+        recipe = load_recipe(path)
+        assert recipe.stage == "pretrain" and recipe.trainer_config().max_steps != 0
+        if recipe.peft is not None and (recipe.model.new_tokens or recipe.options.extend_vocab):
+            assert {"embed_tokens", "lm_head"} <= set(recipe.peft.modules_to_save), path
+
+
+def test_two_processes_under_accelerate_finish(shared, tmp_path):
+    """``accelerate launch --multi_gpu --num_processes 2 -m align_kit train recipes/tiny/pretrain.yaml`` on CPU."""
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "ALIGN_KIT_SHARED": str(shared)}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+           "-m", "align_kit", "train", str(ROOT / "recipes/tiny/pretrain.yaml"), f"output_dir={tmp_path}",
+           "trainer.max_steps=3", "trainer.save_steps=3", "trainer.per_device_train_batch_size=4",
+           "pretrain.max_eval_blocks=8"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = json.loads((tmp_path / "checkpoint-3" / "trainer_state.json").read_text())
+    blocks = json.loads((tmp_path / "manifest.json").read_text())["extra"]["train_blocks"]
+    # Each step takes 4 blocks on each of the 2 processes: 3 steps cover 24 blocks.
+    assert state["global_step"] == 3 and state["epoch"] == pytest.approx(24 / blocks, rel=0.02)
+    assert set(json.loads((tmp_path / "eval.json").read_text())["after"]) == {"wiki_demo", "chinese-demo"}
