@@ -15,6 +15,19 @@ def register(sub, data_sub) -> None:
     p.add_argument("--check", action="store_true", help="validate the recipe and exit")
     p.set_defaults(func=cmd_train)
 
+    pl = sub.add_parser("pipeline", help="run a pipeline of stages (finished stages are reused)")
+    pl.add_argument("pipeline", help="pipeline YAML file")
+    pl.add_argument("--output-dir", help="override the pipeline's output_dir")
+    pl.add_argument("--set", action="append", default=[], metavar="STAGE:key=value",
+                    help="override a stage's recipe key, e.g. --set sft:trainer.num_train_epochs=1")
+    pl.add_argument("--only", action="append", help="run only these stages (others must be finished)")
+    pl.set_defaults(func=cmd_pipeline)
+
+    q = sub.add_parser("quickstart", help="run the offline quickstart pipeline: SFT, reward, DPO, PPO on CPU")
+    q.add_argument("--output-dir", default="runs/quickstart")
+    q.add_argument("--set", action="append", default=[], metavar="STAGE:key=value")
+    q.set_defaults(func=cmd_quickstart)
+
     c = data_sub.add_parser("convert", help="convert instruction data to the messages schema")
     c.add_argument("input", help="json, jsonl(.gz), csv, tsv or parquet file")
     c.add_argument("--format", default="auto", help="alpaca, flan, flan_cot, sharegpt, messages or auto")
@@ -40,6 +53,35 @@ def cmd_train(args) -> int:
         return 0
     out = run_stage(recipe)
     print(f"done: {out}")
+    return 0
+
+
+def _stage_overrides(items: list[str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for item in items:
+        stage, sep, kv = item.partition(":")
+        if not sep or "=" not in kv:
+            raise ConfigError(f"--set {item}: expected STAGE:dotted.key=value, e.g. sft:trainer.max_steps=10")
+        out.setdefault(stage, []).append(kv)
+    return out
+
+
+def cmd_pipeline(args) -> int:
+    from align_kit.pipeline import run_pipeline
+
+    out = run_pipeline(args.pipeline, _stage_overrides(args.set), args.output_dir, args.only)
+    print(f"done: {out} (report: {out / 'report.md'})")
+    return 0
+
+
+def cmd_quickstart(args) -> int:
+    from importlib import resources
+
+    from align_kit.pipeline import run_pipeline
+
+    path = resources.files("align_kit.quickstart").joinpath("recipes/pipeline.yaml")
+    out = run_pipeline(str(path), _stage_overrides(args.set), args.output_dir)
+    print(f"done: {out} (report: {out / 'report.md'})")
     return 0
 
 

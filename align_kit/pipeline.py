@@ -1,0 +1,143 @@
+"""Run a list of stages as one pipeline: chaining outputs, skipping finished stages, evaluation gates.
+
+A pipeline file::
+
+    output_dir: runs/quickstart
+    stages:
+      - name: sft
+        recipe: sft.yaml                     # relative to the pipeline file
+      - name: reward
+        recipe: reward.yaml
+        gate: {metric: after.pairwise_accuracy, min: 0.9}   # stop here if the reward model is poor
+      - name: ppo
+        recipe: ppo.yaml
+        use: {model.name_or_path: sft, ppo.reward_model: reward}   # recipe key <- a stage's model/
+        overrides: [trainer.learning_rate=1e-4]
+
+Each stage writes to ``<output_dir>/<name>``. A stage whose ``model/`` is complete is skipped on a re-run;
+a stage killed midway resumes from its last complete checkpoint (the stages do that themselves).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from align_kit.config import build, load_recipe, parse_yaml
+from align_kit.errors import AlignKitError, ConfigError
+from align_kit.stages import common, run_stage
+
+log = logging.getLogger("align_kit")
+
+
+class GateFailed(AlignKitError):
+    """An evaluation gate stopped the pipeline."""
+
+
+@dataclass
+class Gate:
+    metric: str
+    """Dotted path into the stage's eval.json, e.g. after.pairwise_accuracy."""
+    min: float | None = None
+    max: float | None = None
+
+
+@dataclass
+class StageSpec:
+    name: str
+    recipe: str
+    use: dict[str, str] = field(default_factory=dict)
+    """Recipe keys (dotted) set to an earlier stage's model folder."""
+    overrides: list[str] = field(default_factory=list)
+    gate: Gate | None = None
+
+
+@dataclass
+class PipelineSpec:
+    stages: list[StageSpec]
+    output_dir: str = "runs/pipeline"
+    title: str = "align_kit pipeline"
+
+
+def load_pipeline(path: str | Path) -> tuple[PipelineSpec, Path]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: pipeline file not found")
+    raw = parse_yaml(path.read_text(encoding="utf-8"))
+    try:
+        spec = build(PipelineSpec, raw, "pipeline")
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    names = [s.name for s in spec.stages]
+    for i, s in enumerate(spec.stages):
+        for key, ref in s.use.items():
+            if ref not in names[:i]:
+                raise ConfigError(f"{path}: stage '{s.name}': use.{key} refers to '{ref}', which is not an earlier "
+                                  f"stage (earlier: {', '.join(names[:i]) or 'none'})")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{path}: stage names must be unique, found {names}")
+    return spec, path.parent
+
+
+def _metric(evals: dict, dotted: str):
+    node = evals
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def check_gate(stage: StageSpec, out: Path) -> None:
+    if stage.gate is None:
+        return
+    evals = json.loads((out / "eval.json").read_text()) if (out / "eval.json").exists() else {}
+    value = _metric(evals, stage.gate.metric)
+    g = stage.gate
+    if value is None:
+        raise GateFailed(f"gate after stage '{stage.name}': metric {g.metric} not found in {out / 'eval.json'}")
+    if (g.min is not None and value < g.min) or (g.max is not None and value > g.max):
+        bound = f">= {g.min}" if g.min is not None else f"<= {g.max}"
+        raise GateFailed(f"gate after stage '{stage.name}': {g.metric} = {value:.4f}, required {bound}; "
+                         "the pipeline stops here (later stages would build on a poor model)")
+    log.info("gate after %s: %s = %.4f passed", stage.name, g.metric, value)
+
+
+def run_pipeline(path: str | Path, overrides: dict[str, list[str]] | None = None, output_dir: str | None = None,
+                 only: list[str] | None = None) -> Path:
+    """Run every stage in order; returns the pipeline output folder (with report.md)."""
+    spec, base = load_pipeline(path)
+    root = Path(output_dir or spec.output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    done: dict[str, Path] = {}
+    summary = []
+    for stage in spec.stages:
+        out = root / stage.name
+        extra = [f"output_dir={out}"] + [f"{k}={common.model_dir(done[v])}" for k, v in stage.use.items()]
+        recipe = load_recipe(base / stage.recipe, [*stage.overrides, *(overrides or {}).get(stage.name, []), *extra])
+        if only and stage.name not in only:
+            status = "skipped (not selected)"
+        elif common.is_finished(out):
+            status = "done (reused)"
+            log.info("stage %s: finished earlier, reusing %s", stage.name, common.model_dir(out))
+        else:
+            log.info("stage %s: running %s", stage.name, stage.recipe)
+            run_stage(recipe)
+            status = "done"
+        done[stage.name] = out
+        summary.append({"name": stage.name, "kind": recipe.stage, "status": status, "output_dir": str(out),
+                        "log_history": str(out / "log_history.jsonl") if (out / "log_history.jsonl").exists() else None,
+                        "evals": json.loads((out / "eval.json").read_text()) if (out / "eval.json").exists() else None})
+        if common.is_main_process():
+            _report(root, spec, summary)
+        check_gate(stage, out)
+    return root
+
+
+def _report(root: Path, spec: PipelineSpec, summary: list[dict]) -> None:
+    from align_kit.report import write_pipeline_report
+
+    write_pipeline_report(root, summary, title=spec.title)
+    common.write_json(root / "pipeline.json", {"stages": summary})
