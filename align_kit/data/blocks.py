@@ -68,10 +68,27 @@ def tokenize_documents(texts: list[str], tokenizer, batch_size: int = 256) -> li
     return out
 
 
+def mix_counts(sizes: list[int], weights: list[float]) -> list[int]:
+    """Blocks each source contributes: shares of the total proportional to the weights, rounded by largest
+    remainder so the counts add up to exactly the total.
+
+    >>> mix_counts([6, 2], [1.0, 1.0]), mix_counts([485, 486], [1.0, 1.0]), mix_counts([10, 10, 10], [1, 1, 1])
+    ([4, 4], [486, 485], [10, 10, 10])
+    """
+    total, wsum = sum(sizes), sum(weights)
+    exact = [total * w / wsum for w in weights]
+    counts = [int(x) for x in exact]
+    by_remainder = sorted(range(len(sizes)), key=lambda i: (-(exact[i] - counts[i]), i))
+    for i in by_remainder[: total - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
 def mix_blocks(parts: list[tuple[list[list[int]], float]], seed: int) -> list[list[int]]:
     """Mix sources' blocks by weight. Weights share **tokens** (every block has the same length), not
     documents: a Wikipedia article is 100x a Chinese line, so document-level weights would mean nothing.
-    The total stays the sum of all blocks; a source below its share is repeated (an epoch of it, then more).
+    The total stays the sum of all blocks; a source below its share is repeated (whole passes over it, then a
+    random remainder), a source above it is subsampled without replacement.
 
     >>> a, b = [[1, 1]] * 6, [[2, 2]] * 2
     >>> mixed = mix_blocks([(a, 1.0), (b, 1.0)], seed=0)
@@ -81,14 +98,11 @@ def mix_blocks(parts: list[tuple[list[list[int]], float]], seed: int) -> list[li
     if len(parts) == 1:
         return list(parts[0][0])
     rng = random.Random(seed)
-    total = sum(len(blocks) for blocks, _ in parts)
-    wsum = sum(w for _, w in parts)
     out: list[list[int]] = []
-    for blocks, w in parts:
-        n = round(total * w / wsum)
+    for (blocks, _), n in zip(parts, mix_counts([len(b) for b, _ in parts], [w for _, w in parts])):
         if n <= len(blocks):
             out += rng.sample(blocks, n)
-        else:  # whole passes over the source, then a random remainder: no block repeats more than the rest + 1
+        else:
             out += blocks * (n // len(blocks)) + rng.sample(blocks, n % len(blocks))
     rng.shuffle(out)
     return out

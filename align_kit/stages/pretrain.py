@@ -81,6 +81,10 @@ def check_options(recipe) -> None:
     if ext is not None and ext.tokens_file is None and ext.sentencepiece is None:
         raise ConfigError("pretrain.extend_vocab: give tokens_file or sentencepiece (a plain list goes in "
                           "model.new_tokens)")
+    sp = ext.sentencepiece if ext is not None else None
+    if sp is not None and not 0.98 <= sp.character_coverage <= 1.0:
+        raise ConfigError(f"pretrain.extend_vocab.sentencepiece.character_coverage: SentencePiece accepts 0.98 to 1.0, "
+                          f"found {sp.character_coverage}")
     grows = bool(recipe.model.new_tokens) or ext is not None
     if grows and recipe.peft is not None and not set(EMBEDDING_MODULES) & set(recipe.peft.modules_to_save):
         raise ConfigError("new tokens with LoRA: their embedding rows must be trained in full; set "
@@ -165,7 +169,7 @@ def extend_vocabulary(options: Options, tokenizer, documents: list[str], out: Pa
 
 def build_corpus(options: Options, tokenizer, train_docs, held_out, loaded, seed: int) -> Corpus:
     """Tokenise and pack every source; mix the training blocks by weight."""
-    from align_kit.data.blocks import mix_blocks, pack_blocks, tokenize_documents
+    from align_kit.data.blocks import mix_blocks, mix_counts, pack_blocks, tokenize_documents
 
     bos = tokenizer.bos_token_id if options.add_bos else None
     eos = tokenizer.eos_token_id if options.add_eos else None
@@ -194,6 +198,9 @@ def build_corpus(options: Options, tokenizer, train_docs, held_out, loaded, seed
         else:
             log.warning("held-out '%s' is shorter than one block of %d tokens: not evaluated", name, options.block_size)
     train = mix_blocks(parts, seed)
+    counts = mix_counts([len(b) for b, _ in parts], [w for _, w in parts]) if len(parts) > 1 else [len(train)]
+    for (name, _, _), n in zip(train_docs, counts):
+        stats["sources"][name]["mixed_blocks"] = n  # blocks of this source in the training mixture
     stats["train_blocks"] = len(train)
     stats["eval_blocks"] = {k: len(v) for k, v in evals.items()}
     return Corpus(train, evals, stats, loaded)
@@ -204,7 +211,7 @@ def run(recipe) -> Path:
     from transformers import Trainer
 
     from align_kit.data.blocks import collate_blocks
-    from align_kit.models import apply_lora, load_model, load_tokenizer
+    from align_kit.models import load_model, load_tokenizer
     from align_kit.runlog import finish_run, start_run
 
     o, out = recipe.options, Path(recipe.output_dir)
@@ -222,7 +229,7 @@ def run(recipe) -> Path:
     max_pos = getattr(model.config, "max_position_embeddings", None)
     if max_pos is not None and o.block_size > max_pos:
         raise ConfigError(f"pretrain.block_size={o.block_size} exceeds the model's max_position_embeddings={max_pos}")
-    model = apply_lora(model, recipe.peft, quantized=recipe.quantization is not None)
+    model = add_adapters(model, recipe)
     eval_sets = {name: Dataset.from_dict({"input_ids": blocks}) for name, blocks in corpus.eval.items()}
     stats = {**corpus.stats, "new_tokens": len(new_tokens), "base_vocab_size": base_vocab}
     run_info = start_run(recipe, corpus.loaded, extra=stats)
@@ -237,6 +244,24 @@ def run(recipe) -> Path:
     common.save_final(trainer.model, tokenizer, out, merge_lora=o.merge_lora)
     finish_run(run_info, trainer.state.log_history, evals)
     return out
+
+
+def add_adapters(model, recipe):
+    """``models.apply_lora``, keeping tied input/output embeddings tied when both are in ``modules_to_save``
+    (stories260K, Qwen2.5 0.5B, Gemma): otherwise PEFT trains a copy of the input embedding only and the
+    output rows of new tokens stay at their initial values."""
+    if recipe.peft is None:
+        return model
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    from align_kit.models import lora_config
+
+    if recipe.quantization is not None:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    config = lora_config(recipe.peft, model)
+    if getattr(model.config, "tie_word_embeddings", False) and set(EMBEDDING_MODULES) & set(recipe.peft.modules_to_save):
+        config.ensure_weight_tying = True
+    return get_peft_model(model, config)
 
 
 def evaluate(trainer, eval_sets: dict) -> dict:

@@ -58,7 +58,11 @@ def test_perplexity_falls_on_english_and_chinese(shared, tmp_path):
     assert stats["block_size"] == 128 and stats["new_tokens"] == 0 and stats["eval_blocks"] == {
         "wiki_demo": 16, "chinese": 16}
     # Weights 1:1 share tokens: the mixture holds as many blocks of each source (the sum stays the same).
-    assert stats["train_blocks"] == sum(s["blocks"] for s in stats["sources"].values())
+    sources = stats["sources"]
+    assert stats["train_blocks"] == sum(s["blocks"] for s in sources.values()) == sum(
+        s["mixed_blocks"] for s in sources.values())
+    assert abs(sources["wiki_demo"]["mixed_blocks"] - sources["chinese"]["mixed_blocks"]) <= 1
+    assert sources["wiki_demo"]["blocks"] != sources["chinese"]["blocks"]  # so the weights did something
     assert (out / "model" / "model.safetensors").exists() and (out / "report.md").exists()
 
 
@@ -131,28 +135,43 @@ def test_embedding_warmup_changes_only_new_rows(shared, tmp_path):
     assert all(p.requires_grad for p in model.parameters())  # unfrozen for the main run
 
 
-@pytest.mark.parametrize("quantized", [False, True], ids=["lora", "qlora"])
+@pytest.mark.parametrize("quantized", [False, True], ids=["lora-new-tokens", "qlora"])
 def test_lora_and_qlora_train_their_adapters(shared, tmp_path, quantized, monkeypatch):
-    recipe = make_recipe(shared, tmp_path, wiki=0, chinese=200, steps=3, peft={"r": 4, "alpha": 8},
-                         trainer__learning_rate=1e-2, **({"quantization": {"bits": 4}} if quantized else {}))
+    """LoRA with two new tokens (embeddings trained in full, tied input/output kept tied, a warm-up of the new
+    rows first); QLoRA on a 4-bit NF4 base (bitsandbytes runs on CPU)."""
+    from transformers import AutoModelForCausalLM
+
     from align_kit.stages import common
 
+    extra = {"quantization": {"bits": 4}} if quantized else {
+        "peft": {"r": 4, "alpha": 8, "modules_to_save": ["embed_tokens", "lm_head"]},
+        "model__new_tokens": ["我们", "可以"], "pretrain__embedding_warmup_steps": 2}
+    recipe = make_recipe(shared, tmp_path, wiki=0, chinese=200, steps=3, trainer__learning_rate=1e-2,
+                         **{"peft": {"r": 4, "alpha": 8}, **extra})
     captured, original = {}, common.save_final
 
     def spy(model, tokenizer, out, merge_lora=True):  # the trained model, as the stage hands it over
-        captured["after"] = trainable(model)
+        captured["model"] = model
         return original(model, tokenizer, out, merge_lora)
 
     monkeypatch.setattr(common, "save_final", spy)
     out = run_stage(recipe)
-    lora_b = {n: p for n, p in captured["after"].items() if "lora_B" in n}
-    assert lora_b and all(p.abs().sum() > 0 for p in lora_b.values())  # lora_B starts at zero
-    assert not any("lora" not in n for n in captured["after"])  # only adapters are trained
+    model = captured["model"]
+    trained = trainable(model)
+    lora_b = {n: p for n, p in trained.items() if "lora_B" in n}
+    assert len(lora_b) == 5 * 7 and all(p.abs().sum() > 0 for p in lora_b.values())  # lora_B starts at zero
     assert (out / "adapter" / "adapter_config.json").exists()
     if quantized:
+        assert all("lora_" in n for n in trained)  # only adapters train on a 4-bit base
         assert (out / "model" / "adapter_config.json").exists()  # a 4-bit base is not merged
-    else:
-        assert (out / "model" / "model.safetensors").exists()  # merged: loads with plain transformers
+        return
+    assert [n for n in trained if "lora_" not in n] == ["base_model.model.model.embed_tokens.modules_to_save.default.weight"]
+    wrapper = model.base_model.model.model.embed_tokens
+    init, now = wrapper.original_module.weight, wrapper.modules_to_save["default"].weight
+    assert now.shape == (514, 64) and (now[512:] - init[512:]).abs().min() > 0  # the new rows trained
+    merged = AutoModelForCausalLM.from_pretrained(out / "model")  # merged: loads with plain transformers
+    assert torch.equal(merged.get_input_embeddings().weight, merged.get_output_embeddings().weight)
+    assert torch.equal(merged.get_input_embeddings().weight, now.detach())
 
 
 def test_options_are_checked_before_the_model_loads(shared, tmp_path):
