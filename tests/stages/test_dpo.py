@@ -113,3 +113,109 @@ def test_bad_options_fail_before_any_model_loads(tmp_path):
     assert dpo.reference_mode(ok) == "copy"
     lora = tiny_recipe(tmp_path, "builtin:tiny-llama", data, peft={"r": 4})
     assert dpo.reference_mode(lora) == "adapter"
+
+
+def quickstart_recipe(out, **over) -> dict:
+    raw = {"stage": "dpo", "output_dir": str(out), "seed": 5,
+           "model": {"name_or_path": "builtin:tiny-llama"},
+           "data": {"train": [{"name": "quickstart-preferences", "split": "train", "max_rows": 64}],
+                    "eval": [{"name": "quickstart-preferences", "split": "test", "max_rows": 16}]},
+           "trainer": {"learning_rate": 1e-3, "per_device_train_batch_size": 8, "max_length": 64, "beta": 0.1,
+                       "max_steps": 4, "logging_steps": 1, "save_steps": 2, "lr_scheduler_type": "constant",
+                       "report_to": "none"}}
+    for key, value in over.items():
+        raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
+    return raw
+
+
+def test_precomputed_reference_is_cached_on_disk_and_resume_finishes_the_run(tmp_path):
+    from safetensors.torch import load_file
+
+    from align_kit.stages import run_stage
+
+    raw = quickstart_recipe(tmp_path / "run", dpo={"reference": "precomputed"})
+    out = run_stage(recipe_from_dict(raw))
+    caches = sorted((out / "ref_cache").rglob("cache-*.arrow"))
+    assert caches, "reference log-probs were not written into the output folder"
+    stamps = {p: p.stat().st_mtime_ns for p in caches}
+    uninterrupted = load_file(out / "model" / "model.safetensors")
+    ev = json.loads((out / "eval.json").read_text())
+    assert ev["reference"] == "precomputed" and ev["after"]["pairs"] == 16
+
+    # Simulate a run killed after step 2: only checkpoint-2 survives. Resuming must finish at step 4 with the
+    # same weights as the uninterrupted run, and reuse the cached reference log-probs.
+    import shutil
+
+    shutil.rmtree(out / "checkpoint-4")
+    shutil.rmtree(out / "model")
+    run_stage(recipe_from_dict(raw))
+    state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+    resumed = load_file(out / "model" / "model.safetensors")
+    for name, tensor in uninterrupted.items():
+        torch.testing.assert_close(resumed[name], tensor, rtol=1e-5, atol=1e-6)
+    assert sorted((out / "ref_cache").rglob("cache-*.arrow")) == caches
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+
+
+def test_reference_handling_per_mode(tmp_path):
+    from peft import PeftModel
+    from trl import DPOTrainer
+
+    from align_kit.models import load_tokenizer
+
+    pairs = [{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in PAIRS]
+    for mode, peft in (("adapter", {"r": 4, "alpha": 8, "dropout": 0.0}), ("copy", None)):
+        over = {"dpo": {"reference": mode}}
+        if peft:
+            over["peft"] = peft
+        recipe = recipe_from_dict(quickstart_recipe(tmp_path / mode, **over))
+        trainer = dpo.build_trainer(recipe, DPOTrainer, pairs, load_tokenizer(recipe.model), mode)
+        if mode == "adapter":
+            assert trainer.ref_model is None and isinstance(trainer.model, PeftModel)  # no second copy
+        else:
+            assert trainer.ref_model is not None and trainer.ref_model is not trainer.model
+            assert not any(p.requires_grad for p in trainer.ref_model.parameters())
+
+
+def test_lora_dpo_and_kto_run_and_save_plain_models(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from align_kit.stages import run_stage
+
+    lora = quickstart_recipe(tmp_path / "lora", peft={"r": 4, "alpha": 8, "dropout": 0.0}, dpo={"reference": "adapter"})
+    lora["trainer"].update(max_steps=2, save_steps=10, loss_type=["ipo"])
+    out = run_stage(recipe_from_dict(lora))
+    assert (out / "adapter" / "adapter_config.json").exists() and not (out / "model" / "adapter_config.json").exists()
+    AutoModelForCausalLM.from_pretrained(out / "model")
+    kto = quickstart_recipe(tmp_path / "kto", stage="kto", kto={"reference": "copy"})
+    kto["trainer"].update(max_steps=2, save_steps=10)
+    out = run_stage(recipe_from_dict(kto))
+    logs = [json.loads(line) for line in open(out / "log_history.jsonl")]
+    assert [r["step"] for r in logs if "loss" in r] == [1, 2]
+    assert json.loads((out / "eval.json").read_text())["after"]["pairs"] == 16
+
+
+def test_two_processes_under_accelerate(tmp_path):
+    """``ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m align_kit train`` (gloo)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    raw = quickstart_recipe(tmp_path / "ddp", dpo={"reference": "copy"})
+    raw["trainer"].update(max_steps=2, save_steps=10, per_device_train_batch_size=4)
+    recipe = tmp_path / "dpo.yaml"
+    recipe.write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "-m", "align_kit", "train", str(recipe)]
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "ddp" / "model" / "model.safetensors").exists()
+    ev = json.loads((tmp_path / "ddp" / "eval.json").read_text())
+    assert ev["before"]["pairs"] == ev["after"]["pairs"] == 16
