@@ -34,7 +34,11 @@ def trainer_defaults(recipe) -> dict:
 
 
 def complete_checkpoints(output_dir: str | Path) -> list[Path]:
-    """Complete checkpoints in step order; incomplete ones (killed mid-write) are reported and skipped."""
+    """Complete checkpoints in step order; incomplete ones (killed mid-write) are reported and skipped.
+
+    A checkpoint is complete when it holds the ``COMPLETE`` marker, which ``guards.AtomicCheckpoints``
+    writes after the Trainer finished every file of it (and only when its weights are finite).
+    """
     out = Path(output_dir)
     if not out.is_dir():
         return []
@@ -43,13 +47,20 @@ def complete_checkpoints(output_dir: str | Path) -> list[Path]:
         m = _CKPT.match(path.name)
         if not m or not path.is_dir():
             if path.name.startswith("checkpoint-") and path.name.endswith(".tmp"):
-                log.warning("skipping %s: a checkpoint write that never finished", path.name)
+                log.warning("skipping %s: incomplete (killed while writing?)", path.name)
             continue
-        if not (path / "trainer_state.json").exists() and not (path / COMPLETE).exists():
-            log.warning("skipping %s: incomplete checkpoint (no trainer_state.json)", path.name)
+        if not (path / COMPLETE).exists():
+            log.warning("skipping %s: incomplete (killed while writing?): no %s marker", path.name, COMPLETE)
             continue
         found.append((int(m.group(1)), path))
     return [p for _, p in sorted(found)]
+
+
+def stage_callbacks(recipe) -> list:
+    """Callbacks every Trainer-based stage passes: atomic checkpoints and the NaN/inf guard."""
+    from align_kit.guards import callbacks
+
+    return callbacks(COMPLETE)
 
 
 def last_checkpoint(output_dir: str | Path) -> Path | None:
