@@ -78,7 +78,7 @@ def run(recipe) -> Path:
     model = apply_lora(model, recipe.peft, quantized=recipe.quantization is not None)
     run_info = start_run(recipe, data, extra={"truncated_rows": truncated, **train_stats})
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                         processing_class=tokenizer,
+                         processing_class=tokenizer, callbacks=common.stage_callbacks(recipe),
                          data_collator=PackedCollator(tokenizer.pad_token_id, args.pad_to_multiple_of))
     evals = {"before": _evaluate(trainer, recipe, data.eval, tokenizer)}
     trainer.train(resume_from_checkpoint=str(common.last_checkpoint(out) or "") or None)
