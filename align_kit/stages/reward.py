@@ -122,7 +122,7 @@ def run(recipe) -> Path:
     model = apply_lora(model, recipe.peft, quantized=quantized, task_type="SEQ_CLS")
     run_info = start_run(recipe, data, extra={f"train_{k}": v for k, v in stats.items()})
     trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
-                            processing_class=tokenizer)
+                            processing_class=tokenizer, callbacks=common.stage_callbacks(recipe))
     trainer.train(resume_from_checkpoint=str(common.last_checkpoint(out) or "") or None)
     evals = {}
     if trainer.is_world_process_zero():
