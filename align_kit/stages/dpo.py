@@ -154,7 +154,8 @@ def build_trainer(recipe, trainer_cls, train_rows: list[dict], tokenizer, mode: 
         train_ds = Dataset.from_list(train_rows)
     args = recipe.trainer_config(precompute_ref_log_probs=mode == "precomputed", **trainer_defaults(recipe))
     return trainer_cls(model=policy, ref_model=ref, args=args, train_dataset=train_ds,
-                       processing_class=tokenizer, peft_config=peft_config)
+                       processing_class=tokenizer, peft_config=peft_config,
+                       callbacks=common.stage_callbacks(recipe))
 
 
 def _train(recipe, trainer_cls, train_rows: list[dict], eval_pairs: list[dict], data, tokenizer, mode: str) -> Path:
