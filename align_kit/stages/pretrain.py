@@ -234,7 +234,8 @@ def run(recipe) -> Path:
     stats = {**corpus.stats, "new_tokens": len(new_tokens), "base_vocab_size": base_vocab}
     run_info = start_run(recipe, corpus.loaded, extra=stats)
     trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_dict({"input_ids": corpus.train}),
-                      eval_dataset=eval_sets or None, data_collator=collate_blocks, processing_class=tokenizer)
+                      eval_dataset=eval_sets or None, data_collator=collate_blocks, processing_class=tokenizer,
+                      callbacks=common.stage_callbacks(recipe))
     evals = {"before": evaluate(trainer, eval_sets)}
     resume = common.last_checkpoint(out)
     if o.embedding_warmup_steps and resume is None:
