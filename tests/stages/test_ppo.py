@@ -114,6 +114,24 @@ def test_rollout_reads_logprobs_and_reward_where_transformers_does(ckpts, tokeni
             assert torch.allclose(exp.raw_scores[row], hf_score, atol=1e-5)
 
 
+def test_responses_cut_at_stop_and_unfinished_ones_penalised(ckpts, tokenizer):
+    from align_kit.ppo.rollout import score_responses
+
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    ids, mask = left_pad([tokenizer(p).input_ids for p in PROMPTS[:2]], pad)
+    a, b = tokenizer.convert_tokens_to_ids(["a", "b"])
+    sampled = torch.tensor([[a, eos, b, b], [a, b, a, b]])  # row 0 stops at t=1, row 1 never stops
+    models = build_models(make_cfg(), str(ckpts[0]), str(ckpts[1]), pad_token_id=pad)
+    for kw, expected_row1 in (({"missing_eos_score": -1.0}, lambda raw: -1.0),
+                              ({"missing_eos_penalty": 0.5}, lambda raw: raw - 0.5)):
+        cfg = make_cfg(**kw)
+        exp = score_responses(models, models.policy, models.critic, ids, mask, sampled, cfg, [eos], pad)
+        assert exp.response_ids.tolist() == [[a, eos, pad, pad], [a, b, a, b]]
+        assert exp.response_mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]] and exp.ended.tolist() == [True, False]
+        assert exp.scores[0] == exp.raw_scores[0]
+        assert exp.scores[1].item() == pytest.approx(expected_row1(exp.raw_scores[1].item()), abs=1e-6)
+
+
 def test_short_run_trains_policy_and_critic_only(ckpts, tokenizer, tmp_path):
     from transformers import AutoModelForCausalLM
 
