@@ -80,17 +80,6 @@ def _check(recipe) -> None:
 VALIDATORS = (_check,)
 
 
-def trainer_defaults(recipe) -> dict:
-    """Where the recipe is silent: TRL's configs default to bf16 autocast and gradient checkpointing, which on a
-    CPU (or a GPU without bf16) only cost time; follow model.dtype and model.gradient_checkpointing instead."""
-    import torch
-
-    from align_kit.models import resolve_dtype
-
-    bf16 = recipe.trainer.get("bf16", resolve_dtype(recipe.model.dtype) == torch.bfloat16)
-    return {"bf16": bf16, "gradient_checkpointing": recipe.model.gradient_checkpointing}
-
-
 def data_hash(rows: list[dict], *extra: str) -> str:
     """Short stable hash of training rows and identifying strings (cache keys).
 
@@ -152,7 +141,7 @@ def build_trainer(recipe, trainer_cls, train_rows: list[dict], tokenizer, mode: 
         from datasets import Dataset
 
         train_ds = Dataset.from_list(train_rows)
-    args = recipe.trainer_config(precompute_ref_log_probs=mode == "precomputed", **trainer_defaults(recipe))
+    args = recipe.trainer_config(precompute_ref_log_probs=mode == "precomputed")
     return trainer_cls(model=policy, ref_model=ref, args=args, train_dataset=train_ds,
                        processing_class=tokenizer, peft_config=peft_config,
                        callbacks=common.stage_callbacks(recipe))

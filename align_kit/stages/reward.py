@@ -84,17 +84,6 @@ def tokenize_pairs(pairs: list[dict], tokenizer, max_length: int | None, truncat
     return rows, stats
 
 
-def trainer_defaults(recipe) -> dict:
-    """Where the recipe is silent: TRL's configs default to bf16 autocast and gradient checkpointing, which on a
-    CPU (or a GPU without bf16) only cost time; follow model.dtype and model.gradient_checkpointing instead."""
-    import torch
-
-    from align_kit.models import resolve_dtype
-
-    bf16 = recipe.trainer.get("bf16", resolve_dtype(recipe.model.dtype) == torch.bfloat16)
-    return {"bf16": bf16, "gradient_checkpointing": recipe.model.gradient_checkpointing}
-
-
 def paired_rows(data) -> None:
     for split, rows in (("train", data.train), ("eval", data.eval)):
         if rows and "label" in rows[0]:
@@ -114,7 +103,7 @@ def run(recipe) -> Path:
     tokenizer = load_tokenizer(recipe.model)
     data = load_data(recipe.data, "preference")
     paired_rows(data)
-    args = recipe.trainer_config(**trainer_defaults(recipe))
+    args = recipe.trainer_config()
     train_rows, stats = tokenize_pairs(data.train, tokenizer, args.max_length, recipe.options.truncation,
                                        recipe.options.use_margin)
     quantized = recipe.quantization is not None
