@@ -25,6 +25,7 @@ from trl import DPOConfig, KTOConfig
 
 from align_kit.errors import ConfigError
 from align_kit.stages import common
+from align_kit.stages.reward import use_finished_stage
 
 log = logging.getLogger("align_kit")
 TRAINER_CONFIG = DPOConfig
@@ -260,6 +261,7 @@ def run(recipe) -> Path:
     from align_kit.models import load_tokenizer
 
     mode = reference_mode(recipe)
+    use_finished_stage(recipe)
     tokenizer = load_tokenizer(recipe.model)
     data = load_data(recipe.data, "preference")
     for split, rows in (("train", data.train), ("eval", data.eval)):
@@ -280,6 +282,7 @@ def run_kto(recipe) -> Path:
     from align_kit.models import load_tokenizer
 
     mode = reference_mode(recipe)
+    use_finished_stage(recipe)
     tokenizer = load_tokenizer(recipe.model)
     data = load_data(recipe.data, "unpaired")
     train = data.train if not data.train or "label" in data.train[0] else to_unpaired(data.train)

@@ -84,6 +84,14 @@ def tokenize_pairs(pairs: list[dict], tokenizer, max_length: int | None, truncat
     return rows, stats
 
 
+def use_finished_stage(recipe) -> None:
+    """``model.name_or_path`` may name a finished stage's output folder (``runs/quickstart/sft``): use its
+    ``model/``, the folder that loads with plain transformers (as the PPO stage does)."""
+    folder = Path(recipe.model.name_or_path)
+    if not (folder / "config.json").exists() and (common.model_dir(folder) / "config.json").exists():
+        recipe.model.name_or_path = str(common.model_dir(folder))
+
+
 def paired_rows(data) -> None:
     for split, rows in (("train", data.train), ("eval", data.eval)):
         if rows and "label" in rows[0]:
@@ -100,6 +108,7 @@ def run(recipe) -> Path:
     from align_kit.runlog import finish_run, start_run
 
     out = Path(recipe.output_dir)
+    use_finished_stage(recipe)
     tokenizer = load_tokenizer(recipe.model)
     data = load_data(recipe.data, "preference")
     paired_rows(data)
