@@ -110,7 +110,8 @@ def train_sentencepiece(texts: list[str], vocab_size: int, model_type: str = "bp
               if not (sp.is_control(i) or sp.is_unknown(i) or sp.is_byte(i))]
     # BPE scores are -merge order, unigram scores log-probabilities: higher first in both.
     pieces.sort(key=lambda t: (-t[0], t[1]))
-    return [p for p in (clean_piece(piece) for _, _, piece in pieces) if p]
+    cleaned = (clean_piece(piece) for _, _, piece in pieces)
+    return list(dict.fromkeys(p for p in cleaned if p))  # "▁中国" and "中国" are one token once cleaned
 
 
 def read_token_file(path: str | Path) -> list[str]:
@@ -123,6 +124,10 @@ def read_token_file(path: str | Path) -> list[str]:
 
 def extend_tokenizer(tokenizer, tokens: list[str]) -> list[str]:
     """Add ``tokens`` after the existing ids; returns them. Old ids are untouched by construction."""
+    vocab = tokenizer.get_vocab()
+    for tok in tokens:
+        if tok in vocab:
+            raise ConfigError(f"extend_vocab: '{tok}' is already in the vocabulary (id {vocab[tok]})")
     before = len(tokenizer)
     tokenizer.add_tokens(list(tokens))
     ids = tokenizer.convert_tokens_to_ids(list(tokens))
