@@ -193,12 +193,16 @@ def test_shipped_pretrain_recipes_load(monkeypatch):
     monkeypatch.setenv("ALIGN_KIT_SHARED", str(ROOT.parent / "shared"))
     shipped = sorted((ROOT / "recipes").glob("*/pretrain*.yaml"))
     names = [f"{p.parent.name}/{p.name}" for p in shipped]
-    assert len(shipped) >= 1 and "tiny/pretrain.yaml" in names, names
+    assert names == ["glm4-9b/pretrain_qlora.yaml", "llama2-7b/pretrain_lora_zh_vocab.yaml",
+                     "llama3-8b/pretrain_qlora.yaml", "mistral-7b/pretrain_qlora_zh_vocab.yaml",
+                     "qwen2.5-7b/pretrain_lora.yaml", "tiny/pretrain.yaml", "tiny/pretrain_vocab.yaml"], names
     for path in shipped:
         recipe = load_recipe(path)
         assert recipe.stage == "pretrain" and recipe.trainer_config().max_steps != 0
         if recipe.peft is not None and (recipe.model.new_tokens or recipe.options.extend_vocab):
             assert {"embed_tokens", "lm_head"} <= set(recipe.peft.modules_to_save), path
+        if path.parent.name != "tiny":  # real models: real context lengths and bf16
+            assert recipe.options.block_size >= 2048 and recipe.trainer["bf16"] is True, path
 
 
 def test_two_processes_under_accelerate_finish(shared, tmp_path):
