@@ -24,3 +24,18 @@ def shared() -> Path:
     if not (SHARED / "README.md").exists():
         pytest.skip(f"../shared is absent (looked in {SHARED.name}/ beside the project); CI has it")
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def quickstart(tmp_path_factory) -> Path:
+    """The quickstart pipeline (SFT -> reward -> DPO -> PPO on the builtin model), run once per test session
+    and shared by all test processes (file-locked): the acceptance tests of each stage read its outputs."""
+    from filelock import FileLock
+
+    from align_kit.pipeline import run_pipeline
+
+    root = tmp_path_factory.getbasetemp().parent / "quickstart"
+    with FileLock(str(root) + ".lock"):
+        if not (root / "pipeline.json").exists() or not (root / "ppo" / "model").exists():
+            run_pipeline(Path(__file__).resolve().parents[1] / "recipes/tiny/pipeline.yaml", output_dir=str(root))
+    return root

@@ -75,11 +75,12 @@ def cmd_pipeline(args) -> int:
 
 
 def cmd_quickstart(args) -> int:
-    from importlib import resources
-
     from align_kit.pipeline import run_pipeline
 
-    path = resources.files("align_kit.quickstart").joinpath("recipes/pipeline.yaml")
+    path = Path(__file__).resolve().parents[2] / "recipes" / "tiny" / "pipeline.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{path} not found: the quickstart runs from a clone of the repository "
+                          "(pip install -e .), whose recipes/ it uses")
     out = run_pipeline(str(path), _stage_overrides(args.set), args.output_dir)
     print(f"done: {out} (report: {out / 'report.md'})")
     return 0

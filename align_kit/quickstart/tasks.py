@@ -1,13 +1,16 @@
 """The quickstart task family: short instructions whose answers a program checks.
 
-Four kinds, each answerable in a few characters so a 0.1M-parameter model can learn them on a CPU:
+Four kinds, chosen so a 0.1M-parameter model can *generalise* to unseen prompts on a CPU in minutes:
+each answer copies or maps characters at a fixed distance from the reply (what attention with rotary
+positions learns first) rather than needing memorised facts.
 
->>> answer("Add 3 and 4.")
-'7'
->>> answer("Reverse: abc"), answer("Uppercase: abc"), answer("Sort the letters: cab")
-('cba', 'ABC', 'abc')
->>> verify("Add 3 and 4.", " 7 "), verify("Add 3 and 4.", "8")
+>>> answer("Contains z? lazy"), answer("Length: abcd"), answer("Last letter: abc"), answer("Uppercase: abc")
+('yes', '4', 'c', 'ABC')
+>>> verify("Length: abcd", " 4 "), verify("Length: abcd", "5")
 (True, False)
+
+The kinds get harder in that order (presence of a letter anywhere; counting; a copy at a fixed distance;
+a mapped copy of every letter), so a short SFT run gets some right and leaves room for DPO and PPO.
 
 ``python -m align_kit.quickstart.tasks`` regenerates the shipped jsonl files (a test checks they match).
 """
@@ -21,27 +24,31 @@ import string
 from pathlib import Path
 
 HERE = Path(__file__).parent
-KINDS = ("add", "reverse", "upper", "sort")
+KINDS = ("contains", "length", "last", "upper")
+_PREFIX = {"contains": "Contains z? ", "length": "Length: ", "last": "Last letter: ", "upper": "Uppercase: "}
 
 
 def make_prompt(kind: str, rng: random.Random) -> str:
-    if kind == "add":
-        return f"Add {rng.randint(0, 9)} and {rng.randint(0, 9)}."
-    word = "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(3, 5)))
-    return {"reverse": "Reverse: ", "upper": "Uppercase: ", "sort": "Sort the letters: "}[kind] + word
+    word = [rng.choice(string.ascii_lowercase) for _ in range(rng.randint(3, 6))]
+    if kind == "contains":  # half the words get a z, so "yes" and "no" are equally likely
+        word = [c for c in word if c != "z"] or ["a"]
+        if rng.random() < 0.5:
+            word.insert(rng.randrange(len(word) + 1), "z")
+    return _PREFIX[kind] + "".join(word)
 
 
 def answer(prompt: str) -> str:
     """The correct answer, computed from the prompt (the verifier's ground truth)."""
-    if m := re.fullmatch(r"Add (\d+) and (\d+)\.", prompt):
-        return str(int(m.group(1)) + int(m.group(2)))
-    kind, _, word = prompt.partition(": ")
-    if kind == "Reverse":
-        return word[::-1]
-    if kind == "Uppercase":
-        return word.upper()
-    if kind == "Sort the letters":
-        return "".join(sorted(word))
+    if prompt.startswith(_PREFIX["contains"]):
+        return "yes" if "z" in prompt[len(_PREFIX["contains"]):] else "no"
+    head, sep, arg = prompt.partition(": ")
+    if sep and arg:
+        if head == "Length":
+            return str(len(arg))
+        if head == "Last letter":
+            return arg[-1]
+        if head == "Uppercase":
+            return arg.upper()
     raise ValueError(f"not a quickstart prompt: {prompt!r}")
 
 
@@ -53,12 +60,16 @@ def verify(prompt: str, response: str) -> bool:
 def wrong_answer(prompt: str, rng: random.Random) -> str:
     """A plausible mistake (off by one, a swapped or miscased letter), never the right answer.
 
-    >>> rng = random.Random(0); all(not verify(p, wrong_answer(p, rng)) for p in ["Add 1 and 2.", "Reverse: abc"])
+    >>> rng = random.Random(0); all(not verify(p, wrong_answer(p, rng)) for p in ["Length: ab", "Uppercase: abc"])
     True
     """
     right = answer(prompt)
+    if right in ("yes", "no"):
+        return {"yes": "no", "no": "yes"}[right]
     if right.isdigit():
         return str(int(right) + rng.choice([-2, -1, 1, 2]) if int(right) > 1 else int(right) + rng.choice([1, 2]))
+    if len(right) == 1:  # a single letter: any other letter of the same case
+        return rng.choice([c for c in string.ascii_lowercase if c != right])
     for _ in range(20):
         chars = list(right)
         i = rng.randrange(len(chars))
@@ -97,7 +108,7 @@ def split_prompts(n_train: int = 3000, n_test: int = 200, seed: int = 0) -> tupl
     train = []
     while len(train) < n_train:
         p = make_prompt(rng.choice(KINDS), rng)
-        if p not in seen:  # repeats within train are fine (only 100 sums exist); test prompts never enter it
+        if p not in seen:  # test prompts never enter training
             train.append(p)
     return train, test
 
