@@ -70,15 +70,40 @@ def test_resume_from_a_checkpoint_reaches_the_same_weights(shared, tmp_path):
     full = run_stage(make_recipe(shared, tmp_path / "full", wiki=0, steps=4))
     assert sorted(p.name for p in full.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
     shutil.copytree(full / "checkpoint-2", tmp_path / "cut" / "checkpoint-2")
+    state_file = tmp_path / "cut" / "checkpoint-2" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    state["log_history"][0]["loss"] = 123.0  # a marker: only a run that resumed from this file logs it
+    state_file.write_text(json.dumps(state))
     cut = run_stage(make_recipe(shared, tmp_path / "cut", wiki=0, steps=4))
-    steps = [r["step"] for r in json.loads((cut / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
-             if "loss" in r]
-    assert steps == [1, 2, 3, 4]  # steps 1-2 come from the checkpoint's history, 3-4 were trained after resuming
+    history = [json.loads(line) for line in (cut / "log_history.jsonl").read_text().splitlines()]
+    losses = [(r["step"], r["loss"]) for r in history if "loss" in r]
+    assert [step for step, _ in losses] == [1, 2, 3, 4] and losses[0][1] == 123.0  # steps 3-4 trained after resuming
     a, b = load_file(full / "model" / "model.safetensors"), load_file(cut / "model" / "model.safetensors")
     base = load_file(Path(shared) / "models/stories260K/model.safetensors")
     assert not torch.equal(a["model.embed_tokens.weight"], base["model.embed_tokens.weight"])
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6)
+
+
+def test_held_out_documents_are_load_datas_split_per_source(shared):
+    """Loading each source alone holds out exactly the documents ``load_data`` holds out for the recipe."""
+    from align_kit.data.sources import load_data
+
+    recipe = make_recipe(shared, "unused", wiki=4, chinese=60)
+    train, held_out, loaded = pretrain.load_documents(recipe.data)
+    together = load_data(recipe.data, "text")
+    assert [name for name, _, _ in train] == ["wiki_demo", "chinese"] and list(held_out) == ["wiki_demo", "chinese"]
+    assert [len(d) for d in held_out.values()] == [1, 20]  # int(4 x 0.34), int(60 x 0.34)
+    assert [d for docs in held_out.values() for d in docs] == [r["text"] for r in together.eval]
+    for (name, docs, _), rows in zip(train, (4, 60)):  # documents, unmixed: the stage mixes blocks, not documents
+        assert len(docs) + len(held_out[name]) == rows and not set(docs) & set(held_out[name])
+    assert len(loaded.files) == 2 and len(loaded.reports) == 2
+    own_eval = recipe_from_dict({**recipe.to_dict(), "data": {
+        "train": [{"path": f"{shared}/data/pretrain/chinese.txt", "max_rows": 30}],
+        "eval": [{"path": f"{shared}/data/pretrain/chinese.txt", "max_rows": 5},
+                 {"path": f"{shared}/data/pretrain/wiki_demo.txt", "max_rows": 1}]}})
+    train, held_out, _ = pretrain.load_documents(own_eval.data)
+    assert len(train[0][1]) == 30 and {k: len(v) for k, v in held_out.items()} == {"chinese_2": 5, "wiki_demo": 1}
 
 
 def trainable(model) -> dict[str, torch.Tensor]:
