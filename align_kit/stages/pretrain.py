@@ -48,8 +48,9 @@ class VocabExtension:
     max_new_tokens: int | None = None
     """Add at most this many tokens."""
     only_new_characters: bool = True
-    """Keep only tokens holding a character the base vocabulary cannot encode as one token, so text in
-    characters it already knows keeps its exact tokenisation (see vocab.py)."""
+    """Keep only SentencePiece pieces holding a character the base vocabulary cannot encode as one token, so
+    text in characters it already knows keeps its exact tokenisation (see vocab.py). Not applied to
+    ``tokens_file``, whose tokens are added whenever the vocabulary lacks them."""
 
 
 @dataclass
@@ -152,12 +153,16 @@ def extend_vocabulary(options: Options, tokenizer, documents: list[str], out: Pa
     if saved.exists():
         tokens = vocab.read_token_file(saved)
     else:
-        candidates = vocab.read_token_file(ext.tokens_file) if ext.tokens_file else []
+        # A token file is the user's explicit choice: kept even when it re-segments old text (e.g. "<think>").
+        listed = vocab.read_token_file(ext.tokens_file) if ext.tokens_file else []
+        tokens = vocab.select_new_tokens(listed, tokenizer, only_new_characters=False)
         if ext.sentencepiece is not None:
             sp = ext.sentencepiece
-            candidates += vocab.train_sentencepiece(documents, sp.vocab_size, sp.model_type, sp.character_coverage,
-                                                    sp.max_sentences, seed)
-        tokens = vocab.select_new_tokens(candidates, tokenizer, ext.only_new_characters, ext.max_new_tokens)
+            pieces = vocab.train_sentencepiece(documents, sp.vocab_size, sp.model_type, sp.character_coverage,
+                                               sp.max_sentences, seed)
+            tokens += [t for t in vocab.select_new_tokens(pieces, tokenizer, ext.only_new_characters)
+                       if t not in set(tokens)]
+        tokens = tokens[: ext.max_new_tokens]
         if common.is_main_process():
             out.mkdir(parents=True, exist_ok=True)
             tmp = saved.with_suffix(".tmp")

@@ -113,14 +113,15 @@ def trainable(model) -> dict[str, torch.Tensor]:
 def test_vocabulary_extension_trains_new_rows_and_keeps_old_ids(shared, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    recipe = make_recipe(shared, tmp_path, wiki=0, chinese=600, steps=4,
+    (tmp_path / "listed.txt").write_text("<think>\n</think>\n", encoding="utf-8")
+    recipe = make_recipe(shared, tmp_path / "run", wiki=0, chinese=600, steps=4,
                          pretrain__extend_vocab={"sentencepiece": {"vocab_size": 1500, "character_coverage": 0.98},
-                                                 "max_new_tokens": 400})
+                                                 "tokens_file": str(tmp_path / "listed.txt"), "max_new_tokens": 400})
     out = run_stage(recipe)
     base_tok = AutoTokenizer.from_pretrained(Path(shared) / "models/stories260K")
     tok = AutoTokenizer.from_pretrained(out / "model")
     new = (out / "new_tokens.txt").read_text(encoding="utf-8").split()
-    assert len(new) == 400 and len(tok) == 512 + 400
+    assert len(new) == 400 and len(tok) == 512 + 400 and new[:3] == ["<think>", "</think>", "一个"]  # listed first
     assert tok.convert_tokens_to_ids(new) == list(range(512, 912))
     english = "Once upon a time, there was a little girl named Lily. She loved to play outside: 3.5 (ok)!"
     assert tok(english).input_ids == base_tok(english).input_ids  # same ids for old-vocabulary text
