@@ -121,6 +121,8 @@ def run(recipe) -> Path:
     run_info = start_run(recipe, data, extra={f"train_{k}": v for k, v in stats.items()})
     trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
                             processing_class=tokenizer, callbacks=common.stage_callbacks(recipe))
+    if quantized:
+        head_to_compute_dtype(trainer.model, recipe.quantization)
     trainer.train(resume_from_checkpoint=str(common.last_checkpoint(out) or "") or None)
     evals = {}
     if trainer.is_world_process_zero():
@@ -132,6 +134,19 @@ def run(recipe) -> Path:
     trainer.accelerator.wait_for_everyone()
     finish_run(run_info, trainer.state.log_history, evals)
     return out
+
+
+def head_to_compute_dtype(model, quant) -> None:
+    """TRL casts every trainable parameter of a quantised model to bf16 (the QLoRA paper's adapter dtype).
+    LoRA layers cast their input themselves, but the score head (a plain Linear trained in full) then meets
+    hidden states in the base's compute dtype and the matmul fails unless that is bf16: give the head the
+    compute dtype."""
+    from align_kit.models import resolve_dtype
+
+    dtype = resolve_dtype(quant.compute_dtype)
+    for name, param in model.named_parameters():
+        if param.requires_grad and "lora_" not in name:
+            param.data = param.data.to(dtype)
 
 
 def save_plain(model, tokenizer, out: Path, recipe) -> Path:

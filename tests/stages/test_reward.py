@@ -152,3 +152,22 @@ def test_quickstart_reward_model_ranks_held_out_pairs(tmp_path, request):
           f"(longer answer {ev['length_baseline_accuracy']:.3f}), mean margin {ev['mean_margin']:.2f}, "
           f"ECE {ev['ece']:.3f}")
     assert ev["pairs"] == 200 and ev["accuracy"] >= 0.9
+
+
+def test_qlora_reward_model_is_merged_into_the_unquantised_base(tmp_path):
+    pytest.importorskip("bitsandbytes")
+    from transformers import AutoModelForSequenceClassification
+
+    from align_kit.quickstart.model import build_model, build_tokenizer
+
+    base = tmp_path / "base"
+    tok = build_tokenizer()
+    build_model(tok).save_pretrained(base)
+    tok.save_pretrained(base)
+    raw = tiny_recipe(tmp_path / "qlora", model={"name_or_path": str(base)}, peft={"r": 4, "alpha": 8, "dropout": 0.0},
+                      quantization={"bits": 4})
+    raw["trainer"].update(max_steps=2, save_steps=10)
+    out = run_stage(recipe_from_dict(raw))
+    model = AutoModelForSequenceClassification.from_pretrained(out / "model")
+    assert not getattr(model, "is_loaded_in_4bit", False) and model.score.weight.dtype == torch.float32
+    assert json.loads((out / "eval.json").read_text())["pairs"] == 24
