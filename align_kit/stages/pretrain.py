@@ -275,7 +275,8 @@ def evaluate(trainer, eval_sets: dict) -> dict:
     the Trainer's mean over blocks is the mean over tokens."""
     result = {}
     for name, ds in eval_sets.items():
-        loss = trainer.evaluate(eval_dataset=ds, metric_key_prefix="eval")["eval_loss"]
+        # Logged as eval_<source>_loss, the key Trainer uses for the same set during training.
+        loss = trainer.evaluate(eval_dataset=ds, metric_key_prefix=f"eval_{name}")[f"eval_{name}_loss"]
         result[name] = {"loss": loss, "perplexity": math.exp(loss)}
     if result and trainer.is_world_process_zero():
         log.info("held-out perplexity: %s", {k: round(v["perplexity"], 3) for k, v in result.items()})
