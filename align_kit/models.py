@@ -83,7 +83,7 @@ def load_tokenizer(args: ModelArgs):
         tokenizer = build_tokenizer()
         model_type = "llama"
     else:
-        from transformers import AutoConfig, AutoTokenizer
+        from transformers import AutoTokenizer
 
         kw = dict(revision=args.revision, trust_remote_code=args.trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(args.name_or_path, **kw)
@@ -166,10 +166,22 @@ def load_model(args: ModelArgs, tokenizer, *, quant: QuantArgs | None = None, he
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.eos_token_id = stop_token_ids(tokenizer, template)
         model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if args.liger_kernels:
+        apply_liger(model)
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     return model
+
+
+def apply_liger(model) -> None:
+    """Swap in Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU) on this model instance. Its fused linear
+    cross-entropy stays off: it replaces ``forward``, which TRL's trainers patch with their own chunked LM head
+    (TRL refuses the combination). compat.py has already refused a machine without CUDA or liger-kernel."""
+    from liger_kernel.transformers import _apply_liger_kernel_to_instance
+
+    _apply_liger_kernel_to_instance(model=model, fused_linear_cross_entropy=False, cross_entropy=False)
+    log.info("Liger kernels applied to %s", type(model).__name__)
 
 
 def lora_config(p: PeftArgs, model, task_type: str = "CAUSAL_LM"):

@@ -121,8 +121,7 @@ def _read_parquet(path: Path) -> Iterator[tuple[int, dict]]:
         table = pq.read_table(path)
     except Exception as exc:  # pyarrow raises several types for damaged files
         raise DataError(str(path), None, None, f"an unreadable parquet file ({exc})", "a valid parquet file") from None
-    for i, rec in enumerate(table.to_pylist(), start=1):
-        yield i, rec
+    yield from enumerate(table.to_pylist(), start=1)
 
 
 def read_text_documents(path: str | Path, split: str = "line") -> Iterator[tuple[int, str]]:
