@@ -99,14 +99,16 @@ def cached_dataset(rows: list[dict], out: Path, key: str):
     """A Dataset backed by files in ``out/ref_cache/<key>``: TRL's precomputed reference log-probs are then
     written beside it (named by the dataset fingerprint + model hash) instead of a temporary folder, and a
     later run over the same data and model finds them."""
+    from accelerate import PartialState
     from datasets import Dataset, load_from_disk
 
     folder = out / "ref_cache" / key
-    if not (folder / "dataset_info.json").exists():
-        tmp = folder.with_suffix(".tmp")
-        Dataset.from_list(rows).save_to_disk(str(tmp))
-        tmp.rename(folder)
-    return load_from_disk(str(folder))
+    with PartialState().main_process_first():  # under accelerate one process writes, the others then read
+        if not (folder / "dataset_info.json").exists():
+            tmp = folder.with_suffix(".tmp")
+            Dataset.from_list(rows).save_to_disk(str(tmp))
+            tmp.rename(folder)
+        return load_from_disk(str(folder))
 
 
 def _load_models(recipe, tokenizer, mode: str):
