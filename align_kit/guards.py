@@ -88,7 +88,7 @@ class AtomicCheckpoints(TrainerCallback):
                 shutil.rmtree(folder, ignore_errors=True)
             raise TrainingDivergedError(
                 f"training stopped at step {state.global_step}: the model weights hold NaN or infinite values "
-                f"(learning rate too high, or fp16 overflow?). {folder.name} was not kept; "
+                f"(learning rate too high, or fp16 overflow?). {folder.name} was not kept. "
                 f"{_last_good(folder.parent)}")
         if state.is_world_process_zero and folder.is_dir():
             (folder / self.marker).write_text(f"step {state.global_step}\n")

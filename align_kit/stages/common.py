@@ -27,6 +27,9 @@ def trainer_defaults(recipe) -> dict:
         "use_cpu": t.get("use_cpu", not cuda),
         "report_to": t.get("report_to", "none"),
         "save_only_model": t.get("save_only_model", False),
+        # The Trainer's default replaces a NaN/inf loss in the logs by the running mean, which would hide the
+        # fault from guards.NumericalGuard: log the real value.
+        "logging_nan_inf_filter": t.get("logging_nan_inf_filter", False),
     }
     if d["gradient_checkpointing"]:
         d["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
