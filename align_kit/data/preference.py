@@ -174,22 +174,35 @@ def _margin(record: dict, out: dict, source: str, row: int | None) -> dict:
     return out
 
 
+def _required(record: dict, key: str, source: str, row: int | None):
+    """``record[key]``, or a DataError naming the missing column (a KeyError would reach the user as a traceback).
+
+    >>> _required({"chosen": "a"}, "rejected", "p.jsonl", 3)
+    Traceback (most recent call last):
+    align_kit.errors.DataError: p.jsonl: row 3: field 'rejected': expected a column 'rejected', found missing (the row has chosen)
+    """
+    if key not in record:
+        raise DataError(source, row, key, f"missing (the row has {', '.join(sorted(map(str, record)))})",
+                        f"a column '{key}'")
+    return record[key]
+
+
 def _from_pcr(record: dict, source: str, row: int | None) -> dict:
-    if record.get("prompt") in (None, "") and isinstance(record["chosen"], list):
-        chosen = [_message(m, source, row, "chosen") for m in record["chosen"]]
-        rejected = [_message(m, source, row, "rejected") for m in record["rejected"] or []]
+    if record.get("prompt") in (None, "") and isinstance(_required(record, "chosen", source, row), list):
+        chosen = [_message(m, source, row, "chosen") for m in _required(record, "chosen", source, row)]
+        rejected = [_message(m, source, row, "rejected") for m in _required(record, "rejected", source, row) or []]
         return split_shared_prompt(chosen, rejected, source, row)
     prompt = _messages(record.get("prompt"), source, row, "prompt")
-    return _pair(prompt, _response(record["chosen"], source, row, "chosen"),
-                 _response(record["rejected"], source, row, "rejected"), source, row)
+    return _pair(prompt, _response(_required(record, "chosen", source, row), source, row, "chosen"),
+                 _response(_required(record, "rejected", source, row), source, row, "rejected"), source, row)
 
 
 def _from_sharegpt(record: dict, source: str, row: int | None) -> dict:
-    prompt = _messages(record["conversations"], source, row, "conversations")
+    prompt = _messages(_required(record, "conversations", source, row), source, row, "conversations")
     if isinstance(record.get("system"), str) and record["system"].strip() and prompt[0]["role"] != "system":
         prompt.insert(0, {"role": "system", "content": record["system"].strip()})
-    return _pair(prompt, _response(record["chosen"], source, row, "chosen"),
-                 _response(record["rejected"], source, row, "rejected"), source, row)
+    return _pair(prompt, _response(_required(record, "chosen", source, row), source, row, "chosen"),
+                 _response(_required(record, "rejected", source, row), source, row, "rejected"), source, row)
 
 
 def _label(value: object, source: str, row: int | None) -> bool:
