@@ -17,6 +17,9 @@ from align_kit.errors import DataError, describe
 
 INSTRUCTION_FORMATS = ("alpaca", "flan", "flan_cot", "sharegpt", "messages")
 FLAN_COT_COLUMNS = ["question", "answer", "rationale"]
+# Columns some format reads: never offered as "a misspelling of" another (input is not a misspelt output).
+_KNOWN_KEYS = {"instruction", "input", "output", "system", "history", "inputs", "targets", "question", "answer",
+               "rationale", "conversations", "messages", "id"}
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                    "chatgpt": "assistant", "bing": "assistant", "bard": "assistant", "system": "system"}
 
@@ -41,12 +44,28 @@ def detect_format(record: dict) -> str | None:
     return None
 
 
+def _missing(record: dict, key: str) -> str:
+    """How a missing/null field was found, naming a likely misspelt column.
+
+    >>> _missing({"instruction": "x", "outptu": "y"}, "output")
+    "missing (the row has 'outptu': a misspelling? rename it, or map it with columns: {outptu: output})"
+    """
+    if key in record:
+        return "null"
+    from align_kit.families import closest
+
+    hint = closest(key, [str(k) for k in record if k not in _KNOWN_KEYS])
+    if hint is None:
+        return "missing"
+    return f"missing (the row has '{hint}': a misspelling? rename it, or map it with columns: {{{hint}: {key}}})"
+
+
 def _text(record: dict, key: str, where: tuple, *, required: bool = True, allow_empty: bool = False) -> str:
     source, row = where
     if key not in record or record[key] is None:
         if not required:
             return ""
-        raise DataError(source, row, key, "missing" if key not in record else "null", "a non-empty string")
+        raise DataError(source, row, key, _missing(record, key), "a non-empty string")
     value = record[key]
     if not isinstance(value, str):
         raise DataError(source, row, key, describe(value), "a string")
