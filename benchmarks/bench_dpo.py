@@ -1,0 +1,117 @@
+"""Preference-stage throughput: align_kit's DPO (or reward) stage vs TRL's DPOTrainer (RewardTrainer) defaults.
+
+Same weights (the SFT benchmark's seeded Llama-shaped checkpoint, 32,000-token vocabulary), same pairs (the
+first ``--pairs`` Anthropic HH-RLHF helpful-base pairs from ../shared, converted once by align_kit into
+``{prompt, chosen, rejected}`` conversations), one epoch each. Reported: pairs per second of the training
+loop (``train_runtime``) and the process's peak RSS.
+
+- ``align_kit``: the stage's ``run`` on a recipe that sets only the learning rate (TRL's default), one
+  epoch and no checkpoints: align_kit's defaults otherwise (fp32 on CPU, no gradient checkpointing; DPO's
+  reference is a frozen copy, as TRL's default makes).
+- ``trl``: ``DPOTrainer`` / ``RewardTrainer`` with their config's defaults; only ``use_cpu=True`` on CPU
+  (the config refuses to build without it), which leaves ``bf16=True`` and ``gradient_checkpointing=True``.
+
+    python benchmarks/bench_dpo.py              # DPO pairs/s
+    python benchmarks/bench_reward.py           # reward-model pairs/s
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+ARMS = ("align_kit", "trl")
+LR = {"dpo": 1e-6, "reward": 1e-4}  # DPOConfig's and RewardConfig's default learning rates
+
+
+def prepare(pairs: int, family: str = "llama") -> Path:
+    """Checkpoint folder (shared with bench_sft) and the converted pairs (``pairs-N.json``)."""
+    from align_kit.config import DataArgs, DataSource
+    from align_kit.data.sources import load_data
+
+    work = common.WORK / f"sft-{family}-cpu"
+    common.build_model_dir(family, common.CPU_SHAPE, work / "model")
+    out = work / f"pairs-{pairs}.json"
+    if not out.exists():
+        src = DataSource(path=str(common.HH_HELPFUL), format="hh_rlhf", max_rows=pairs)
+        data = load_data(DataArgs(train=[src], eval_fraction=0.0, on_bad_row="skip"), "preference")
+        out.write_text(json.dumps([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in data.train]))
+    return work
+
+
+def arm_align_kit(stage: str, work: Path, pairs: int) -> dict:
+    from align_kit.config import recipe_from_dict
+    from align_kit.stages import run_stage
+
+    recipe = {"stage": stage, "output_dir": str(work / f"out-{stage}-align_kit"), "seed": 0,
+              "model": {"name_or_path": str(work / "model")},
+              "data": {"train": [{"path": str(work / f"pairs-{pairs}.json"), "format": "preference"}],
+                       "eval_fraction": 0.0},
+              "trainer": {"learning_rate": LR[stage], "num_train_epochs": 1, "save_strategy": "no"}}
+    out = run_stage(recipe_from_dict(recipe))
+    history = [json.loads(line) for line in open(out / "log_history.jsonl")]
+    return {"train_s": next(h["train_runtime"] for h in history if "train_runtime" in h)}
+
+
+def arm_trl(stage: str, work: Path, rows: list[dict]) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(work / "model")
+    torch.manual_seed(0)
+    if stage == "dpo":
+        from trl import DPOConfig as Config
+        from trl import DPOTrainer as Trainer
+
+        model = AutoModelForCausalLM.from_pretrained(work / "model", dtype=torch.float32)
+    else:
+        from trl import RewardConfig as Config
+        from trl import RewardTrainer as Trainer
+
+        model = AutoModelForSequenceClassification.from_pretrained(work / "model", num_labels=1, dtype=torch.float32)
+        model.config.pad_token_id = tok.pad_token_id
+    args = Config(output_dir=str(work / f"out-{stage}-trl"), use_cpu=True, learning_rate=LR[stage],
+                  num_train_epochs=1, save_strategy="no")
+    trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok)
+    result = trainer.train()
+    return {"train_s": result.metrics["train_runtime"], "bf16": args.bf16,
+            "gradient_checkpointing": args.gradient_checkpointing}
+
+
+def worker(ns) -> None:
+    work = Path(ns.work)
+    rows = json.loads((work / f"pairs-{ns.pairs}.json").read_text())
+    rec = arm_align_kit(ns.stage, work, ns.pairs) if ns.worker == "align_kit" else arm_trl(ns.stage, work, rows)
+    rec.update(bench=ns.stage, family="llama", arm=ns.worker, pairs=len(rows), pairs_per_s=len(rows) / rec["train_s"])
+    common.emit(rec)
+
+
+def main(argv=None, stage: str = "dpo") -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--stage", default=stage, choices=["dpo", "reward"])
+    p.add_argument("--pairs", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--worker", choices=ARMS)
+    p.add_argument("--work")
+    ns = p.parse_args(argv)
+    if ns.worker:
+        return worker(ns)
+    work = prepare(ns.pairs)
+    records = []
+    for _, arm in common.interleaved(list(ARMS), ns.repeats):
+        rec = common.run_worker(Path(__file__).with_name("bench_dpo.py"),
+                                ["--worker", arm, "--stage", ns.stage, "--work", str(work), "--pairs", str(ns.pairs)])
+        print(json.dumps(rec), flush=True)
+        records.append(rec)
+    common.print_table(common.summarise(records, "pairs_per_s"), "pairs/s", baseline_arm="trl")
+    return records
+
+
+if __name__ == "__main__":
+    main()
