@@ -195,11 +195,13 @@ def build_corpus(options: Options, tokenizer, train_docs, held_out, loaded, seed
         stats["sources"][name] = {"documents": packed.documents, "characters": sum(map(len, docs)),
                                   "tokens": packed.tokens, "blocks": len(packed.blocks),
                                   "dropped_tokens": packed.dropped_tokens, "weight": weight}
-    evals = {}
+    evals, per_char = {}, {}
     for name, docs in held_out.items():
-        blocks = pack(docs).blocks[: options.max_eval_blocks]
+        packed = pack(docs)
+        blocks = packed.blocks[: options.max_eval_blocks]
         if blocks:
             evals[name] = blocks
+            per_char[name] = packed.tokens / max(1, sum(map(len, docs)))
         else:
             log.warning("held-out '%s' is shorter than one block of %d tokens: not evaluated", name, options.block_size)
     train = mix_blocks(parts, seed)
@@ -208,6 +210,7 @@ def build_corpus(options: Options, tokenizer, train_docs, held_out, loaded, seed
         stats["sources"][name]["mixed_blocks"] = n  # blocks of this source in the training mixture
     stats["train_blocks"] = len(train)
     stats["eval_blocks"] = {k: len(v) for k, v in evals.items()}
+    stats["eval_tokens_per_char"] = per_char
     return Corpus(train, evals, stats, loaded)
 
 
@@ -241,12 +244,13 @@ def run(recipe) -> Path:
     trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_dict({"input_ids": corpus.train}),
                       eval_dataset=eval_sets or None, data_collator=collate_blocks, processing_class=tokenizer,
                       callbacks=common.stage_callbacks(recipe))
-    evals = {"before": evaluate(trainer, eval_sets)}
+    per_char = corpus.stats["eval_tokens_per_char"]
+    evals = {"before": evaluate(trainer, eval_sets, per_char)}
     resume = common.last_checkpoint(out)
     if o.embedding_warmup_steps and resume is None:
         warm_new_embeddings(trainer, recipe, base_vocab)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    evals["after"] = evaluate(trainer, eval_sets)
+    evals["after"] = evaluate(trainer, eval_sets, per_char)
     common.save_final(trainer.model, tokenizer, out, merge_lora=o.merge_lora)
     finish_run(run_info, trainer.state.log_history, evals)
     return out
@@ -270,14 +274,17 @@ def add_adapters(model, recipe):
     return get_peft_model(model, config)
 
 
-def evaluate(trainer, eval_sets: dict) -> dict:
-    """Per held-out source: mean token loss and perplexity = exp(loss). Every block has the same length, so
-    the Trainer's mean over blocks is the mean over tokens."""
+def evaluate(trainer, eval_sets: dict, tokens_per_char: dict) -> dict:
+    """Per held-out source: mean token loss, perplexity = exp(loss), and bits per character = loss x
+    tokens/char / ln 2, which compares models with different tokenizers (a vocabulary extension changes
+    what a token is). Every block has the same length, so the Trainer's mean over blocks is the mean over
+    tokens; tokens/char is that of the source's held-out documents (BOS/EOS included)."""
     result = {}
     for name, ds in eval_sets.items():
         # Logged as eval_<source>_loss, the key Trainer uses for the same set during training.
         loss = trainer.evaluate(eval_dataset=ds, metric_key_prefix=f"eval_{name}")[f"eval_{name}_loss"]
-        result[name] = {"loss": loss, "perplexity": math.exp(loss)}
+        result[name] = {"loss": loss, "perplexity": math.exp(loss),
+                        "bits_per_char": loss * tokens_per_char[name] / math.log(2)}
     if result and trainer.is_world_process_zero():
         log.info("held-out perplexity: %s", {k: round(v["perplexity"], 3) for k, v in result.items()})
     return result

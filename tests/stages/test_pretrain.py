@@ -5,6 +5,7 @@ without moving old ids, LoRA/QLoRA train their adapters, and two processes under
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -54,6 +55,11 @@ def test_perplexity_falls_on_english_and_chinese(shared, tmp_path):
     assert 20 < before["wiki_demo"]["perplexity"] < 200 and before["chinese"]["perplexity"] > 1e4
     assert after["wiki_demo"]["perplexity"] < 0.8 * before["wiki_demo"]["perplexity"]
     assert after["chinese"]["perplexity"] < 200
+    for name in ("wiki_demo", "chinese"):  # bits per character = loss x tokens per character / ln 2
+        assert after[name]["bits_per_char"] < before[name]["bits_per_char"]
+        tokens_per_char = after[name]["bits_per_char"] * math.log(2) / after[name]["loss"]
+        assert tokens_per_char == pytest.approx(before[name]["bits_per_char"] * math.log(2) / before[name]["loss"])
+    assert 2.0 < tokens_per_char < 3.5  # the last one, Chinese: UTF-8 byte fallback, ~2.6 tokens per character
     stats = json.loads((out / "manifest.json").read_text())["extra"]
     assert stats["block_size"] == 128 and stats["new_tokens"] == 0 and stats["eval_blocks"] == {
         "wiki_demo": 16, "chinese": 16}
