@@ -63,3 +63,37 @@ def test_gate_stops_the_pipeline(quickstart, tmp_path):
     with pytest.raises(GateFailed, match="accuracy = .* required >= 1.01"):
         run_pipeline(path, output_dir=str(out))
     assert not (out / "dpo").exists()
+
+
+def test_reward_model_ranks_held_out_pairs(quickstart):
+    ev = _evals(quickstart, "reward")
+    print(f"reward model on {ev['pairs']} held-out pairs: accuracy {ev['accuracy']:.3f} "
+          f"(longer answer {ev['length_baseline_accuracy']:.3f}), ECE {ev['ece']:.3f}")
+    assert ev["pairs"] == 200 and ev["accuracy"] >= 0.9
+
+
+def test_dpo_beats_sft(quickstart):
+    ev = _evals(quickstart, "dpo")
+    before, after = ev["before"], ev["after"]
+    print(f"DPO: likelihood accuracy {before['likelihood_accuracy']:.3f} -> {after['likelihood_accuracy']:.3f}, "
+          f"log-ratio accuracy 0.5 -> {after['logratio_accuracy']:.3f}, "
+          f"verifier {before['verifier_accuracy']:.3f} -> {after['verifier_accuracy']:.3f}")
+    assert after["logratio_accuracy"] > 0.5
+    assert after["likelihood_accuracy"] > before["likelihood_accuracy"]
+    assert after["verifier_accuracy"] > before["verifier_accuracy"]
+
+
+def test_ppo_beats_sft_within_the_kl_limit(quickstart):
+    from align_kit.config import load_recipe
+
+    ev = _evals(quickstart, "ppo")
+    before, after = ev["before"], ev["after"]
+    logs = [json.loads(line) for line in (quickstart / "ppo" / "ppo_log.jsonl").read_text().splitlines()]
+    root = Path(__file__).resolve().parents[2]
+    limit = load_recipe(root / "recipes/tiny/ppo.yaml").trainer_config().kl_limit
+    print(f"PPO: reward {before['reward_mean']:+.3f} -> {after['reward_mean']:+.3f}, verifier "
+          f"{before['verifier_accuracy']:.3f} -> {after['verifier_accuracy']:.3f}, max KL "
+          f"{max(r['kl'] for r in logs):.3f} (limit {limit})")
+    assert after["reward_mean"] > before["reward_mean"]
+    assert after["verifier_accuracy"] > before["verifier_accuracy"]
+    assert max(r["kl"] for r in logs) < limit
