@@ -37,7 +37,7 @@ def plan(ns) -> list[tuple[str, list[str]]]:
         ("dpo", ["bench_dpo.py", "--pairs", str(pairs), "--repeats", str(rounds)]),
         ("reward", ["bench_reward.py", "--pairs", str(pairs), "--repeats", str(max(1, rounds - 1))]),
         ("ppo", ["bench_ppo.py", "--steps", "3"]),
-        ("pipeline", ["bench_pipeline.py", "--sizes", "1", "4"]),
+        ("pipeline", ["bench_pipeline.py", "--sizes", "1"]),
     ]
 
 
@@ -62,8 +62,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--rows", type=int, default=16, help="Alpaca rows per SFT arm")
-    p.add_argument("--pairs", type=int, default=16, help="HH-RLHF pairs per DPO / reward arm")
+    p.add_argument("--rows", type=int, default=8, help="Alpaca rows per SFT arm")
+    p.add_argument("--pairs", type=int, default=8, help="HH-RLHF pairs per DPO / reward arm")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--only", help="comma-separated subset: sft,dpo,reward,ppo,pipeline")
     ns = p.parse_args(argv)
