@@ -298,7 +298,7 @@ def test_quickstart_ppo_beats_sft(tmp_path, request):
     tiny = HERE.parents[1] / "recipes" / "tiny"
     sft = run_stage(load_recipe(tiny / "sft.yaml", [f"output_dir={tmp_path / 'sft'}"]))
     reward = run_stage(load_recipe(tiny / "reward.yaml", [f"output_dir={tmp_path / 'reward'}",
-                                                          f"model.name_or_path={sft}"]))
+                                                          f"model.name_or_path={sft / 'model'}"]))
     recipe = load_recipe(tiny / "ppo.yaml", [f"output_dir={tmp_path / 'ppo'}", f"model.name_or_path={sft}",
                                              f"ppo.reward_model={reward}"])
     out = run_stage(recipe)
