@@ -85,6 +85,8 @@ def build_model_dir(family: str, shape: dict, out: Path, head: str = "causal_lm"
     torch.manual_seed(0)
     cls = AutoModelForCausalLM if head == "causal_lm" else AutoModelForSequenceClassification
     model = cls.from_config(cfg)
+    if shape is not CPU_SHAPE:
+        model = model.to(torch.bfloat16)  # GPU track: 8B in fp32 would be 32 GB on disk for nothing
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
     return out

@@ -55,7 +55,31 @@ def run_one(name: str, argv: list[str], results: Path) -> int:
                 rec.setdefault("bench", name)
                 rec.setdefault("loadavg_1m", round(os.getloadavg()[0], 2))
                 out.write(json.dumps(rec) + "\n")
+                out.flush()
     return proc.wait()
+
+
+def markdown(results: Path) -> str:
+    """A markdown table of medians and ranges per (bench, family, arm) from ``results.jsonl``, with the ratio
+    to TRL's arm of the same bench and family, peak RSS and the load average the runs saw."""
+    import statistics
+
+    recs = [json.loads(line) for line in open(results, encoding="utf-8")]
+    recs = [r for r in recs if "arm" in r and r.get("bench") in ("sft", "dpo", "reward")]
+    rows = []
+    for key in ("tokens_per_s", "pairs_per_s"):
+        summary = common.summarise([r for r in recs if key in r], key)
+        base = {(s["bench"], s["family"]): s["median"] for s in summary if s["arm"] == "trl"}
+        for s in summary:
+            runs = [r for r in recs if (r["bench"], r["family"], r["arm"]) == (s["bench"], s["family"], s["arm"])]
+            load = statistics.median(r["loadavg_1m"] for r in runs)
+            ratio = s["median"] / base[(s["bench"], s["family"])] if (s["bench"], s["family"]) in base else None
+            rows.append(f"| {s['bench']} | {s['family']} | {s['arm']} | {key.replace('_per_s', '/s')} "
+                        f"{s['median']:.1f} [{s['min']:.1f}, {s['max']:.1f}] | {s['runs']} | "
+                        f"{'' if ratio is None else format(ratio, '.2f') + 'x'} | {s['peak_rss_mib']:.0f} | {load:.1f} |")
+    head = ("| bench | family | arm | throughput median [min, max] | runs | vs TRL | peak RSS MiB | load 1m |\n"
+            "|---|---|---|---|---|---|---|---|\n")
+    return head + "\n".join(rows)
 
 
 def main(argv=None) -> int:
@@ -66,7 +90,11 @@ def main(argv=None) -> int:
     p.add_argument("--pairs", type=int, default=8, help="HH-RLHF pairs per DPO / reward arm")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--only", help="comma-separated subset: sft,dpo,reward,ppo,pipeline")
+    p.add_argument("--report", action="store_true", help="only print the markdown table of results.jsonl")
     ns = p.parse_args(argv)
+    if ns.report:
+        print(markdown(common.WORK / "results.jsonl"))
+        return 0
     common.WORK.mkdir(parents=True, exist_ok=True)
     results = common.WORK / "results.jsonl"
     start = time.time()
@@ -79,6 +107,7 @@ def main(argv=None) -> int:
             failed.append(name)
     print(f"\nall benchmarks: {time.time() - start:.0f} s, load now {os.getloadavg()[0]:.1f}; "
           f"failed: {failed or 'none'}; JSON lines in {results}")
+    print(markdown(results))
     return 1 if failed else 0
 
 
