@@ -71,6 +71,28 @@ def last_checkpoint(output_dir: str | Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
+def train(trainer, output_dir: str | Path, resume: Path | None = None) -> None:
+    """``trainer.train``, resuming from the last complete checkpoint in ``output_dir`` (or ``resume``).
+
+    A run killed after its final checkpoint but before ``model/`` was written holds a checkpoint at the last
+    step. HF Trainer (5.23) resumed from it trains one step more than ``max_steps`` (its loop tests the step
+    count only after a step), so the result would differ from the uninterrupted run; load it instead.
+    """
+    ckpt = resume if resume is not None else last_checkpoint(output_dir)
+    state_file = Path(ckpt) / "trainer_state.json" if ckpt else None
+    if state_file is not None and state_file.exists():
+        state = json.loads(state_file.read_text())
+        if state.get("max_steps", 0) > 0 and state.get("global_step", 0) >= state["max_steps"]:
+            from transformers import TrainerState
+
+            log.info("%s holds the final step (%d): loading it, nothing left to train", Path(ckpt).name,
+                     state["global_step"])
+            trainer._load_from_checkpoint(str(ckpt))
+            trainer.state = TrainerState.load_from_json(str(state_file))
+            return
+    trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+
+
 def model_dir(output_dir: str | Path) -> Path:
     """Folder of a finished stage that loads with plain transformers."""
     return Path(output_dir) / "model"
