@@ -81,7 +81,7 @@ def run(recipe) -> Path:
                          processing_class=tokenizer, callbacks=common.stage_callbacks(recipe),
                          data_collator=PackedCollator(tokenizer.pad_token_id, args.pad_to_multiple_of))
     evals = {"before": _evaluate(trainer, recipe, data.eval, tokenizer)}
-    trainer.train(resume_from_checkpoint=str(common.last_checkpoint(out) or "") or None)
+    common.train(trainer, out)
     evals["after"] = _evaluate(trainer, recipe, data.eval, tokenizer)
     common.save_final(trainer.model, tokenizer, out, merge_lora=recipe.options.merge_lora)
     finish_run(run_info, trainer.state.log_history, evals)
