@@ -123,7 +123,7 @@ def run(recipe) -> Path:
                             processing_class=tokenizer, callbacks=common.stage_callbacks(recipe))
     if quantized:
         head_to_compute_dtype(trainer.model, recipe.quantization)
-    trainer.train(resume_from_checkpoint=str(common.last_checkpoint(out) or "") or None)
+    common.train(trainer, out)
     evals = {}
     if trainer.is_world_process_zero():
         final = save_plain(trainer.model, tokenizer, out, recipe)
