@@ -159,7 +159,7 @@ def _train(recipe, trainer_cls, train_rows: list[dict], eval_pairs: list[dict], 
     evals: dict = {"reference": mode}
     main = trainer.is_world_process_zero()
     before = evaluate_policy(trainer.model, tokenizer, eval_pairs, recipe.options) if main else None
-    trainer.train(resume_from_checkpoint=str(common.last_checkpoint(out) or "") or None)
+    common.train(trainer, out)
     if main:
         after = evaluate_policy(trainer.model, tokenizer, eval_pairs, recipe.options, reference=before)
         evals.update(before=before.summary(), after=after.summary())
