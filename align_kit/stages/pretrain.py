@@ -249,7 +249,7 @@ def run(recipe) -> Path:
     resume = common.last_checkpoint(out)
     if o.embedding_warmup_steps and resume is None:
         warm_new_embeddings(trainer, recipe, base_vocab)
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    common.train(trainer, out, resume)
     evals["after"] = evaluate(trainer, eval_sets, per_char)
     common.save_final(trainer.model, tokenizer, out, merge_lora=o.merge_lora)
     finish_run(run_info, trainer.state.log_history, evals)
