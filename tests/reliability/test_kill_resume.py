@@ -83,3 +83,17 @@ def test_half_written_checkpoint_is_skipped_with_a_message(root, bases, caplog):
     equal, diff = harness.compare(harness.final_weights(full), harness.final_weights(run))
     assert equal, diff
     assert (run / "checkpoint-6" / common.COMPLETE).exists()
+
+
+@pytest.mark.parametrize("stage", ["sft", "dpo"])
+def test_kill_after_the_final_checkpoint_trains_no_extra_step(stage, root, bases):
+    # HF Trainer resumed from a checkpoint at max_steps trains one step more (checkpoint-9 of 8 steps);
+    # common.train loads that checkpoint instead, so the result equals the uninterrupted run.
+    full = reference(stage, root, bases)
+    run = root / f"{stage}_after_last"
+    shutil.copytree(full, run)
+    shutil.rmtree(run / "model")
+    run_stage(recipe_from_dict(harness.recipe(stage, run, bases)))
+    assert not (run / "checkpoint-9").exists()
+    equal, diff = harness.compare(harness.final_weights(full), harness.final_weights(run))
+    assert equal, diff
