@@ -53,8 +53,30 @@ def check_source(args: ModelArgs) -> None:
                               "model.allow_pickle: true if you trust their origin")
         if not (folder / "config.json").exists() and not (folder / "adapter_config.json").exists():
             raise ConfigError(f"model.name_or_path: '{name}' has no config.json (expected a Hugging Face checkpoint folder)")
+        custom = _custom_code(folder)
+        if custom and not args.trust_remote_code:
+            raise ConfigError(f"model.name_or_path: '{name}' ships its own Python code ({', '.join(custom[:3])}, named "
+                              "by auto_map) that loading would run; found model.trust_remote_code: false, expected "
+                              "true to run it. Set it only if you trust this repository")
     if args.trust_remote_code:
         log.warning("trust_remote_code is on: Python code from '%s' will run on this machine", name)
+
+
+def _custom_code(folder: Path) -> list[str]:
+    """Python modules a local checkpoint's ``auto_map`` (config.json, tokenizer_config.json) would import."""
+    import json
+
+    modules = set()
+    for name in ("config.json", "tokenizer_config.json"):
+        try:
+            auto_map = json.loads((folder / name).read_text(encoding="utf-8")).get("auto_map") or {}
+        except (OSError, ValueError, AttributeError):
+            continue
+        for ref in auto_map.values():
+            for item in ref if isinstance(ref, list) else [ref]:
+                if isinstance(item, str) and "." in item:
+                    modules.add(item.split("--")[-1].rsplit(".", 1)[0] + ".py")
+    return sorted(modules)
 
 
 def resolve_dtype(name: str) -> torch.dtype:
