@@ -282,34 +282,3 @@ def test_ppo_stage_from_a_recipe(ckpts, tmp_path):
     with pytest.raises(Exception, match="memory_mode: lora needs a peft"):
         recipe_from_dict({**recipe.to_dict(), "ppo": {"reward_model": "x"}, "trainer": {"memory_mode": "lora"}})
 
-
-@pytest.mark.slow
-def test_quickstart_ppo_beats_sft(tmp_path, request):
-    """The acceptance run: SFT -> reward model -> PPO on the quickstart task family (several CPU minutes).
-
-    PPO must raise both the reward model's mean score and the verifier's accuracy of greedy answers to the
-    200 held-out prompts above the SFT model's, with the per-response KL to the reference below kl_limit.
-    """
-    if "slow" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("the quickstart chain takes several CPU minutes: run with -m slow")
-    from align_kit.config import load_recipe
-    from align_kit.stages import run_stage
-
-    tiny = HERE.parents[1] / "recipes" / "tiny"
-    sft = run_stage(load_recipe(tiny / "sft.yaml", [f"output_dir={tmp_path / 'sft'}"]))
-    reward = run_stage(load_recipe(tiny / "reward.yaml", [f"output_dir={tmp_path / 'reward'}",
-                                                          f"model.name_or_path={sft / 'model'}"]))
-    recipe = load_recipe(tiny / "ppo.yaml", [f"output_dir={tmp_path / 'ppo'}", f"model.name_or_path={sft}",
-                                             f"ppo.reward_model={reward}"])
-    out = run_stage(recipe)
-    evals = json.loads((out / "eval.json").read_text())
-    before, after = evals["before"], evals["after"]
-    print(f"\nquickstart PPO on {after['prompts']} held-out prompts:"
-          f"\n  reward mean        {before['reward_mean']:+.3f} -> {after['reward_mean']:+.3f}"
-          f"\n  verifier accuracy  {before['verifier_accuracy']:.3f} -> {after['verifier_accuracy']:.3f}")
-    logs = [json.loads(line) for line in (out / "ppo_log.jsonl").read_text().splitlines()]
-    limit = recipe.trainer_config().kl_limit
-    print(f"  KL per response    max {max(r['kl'] for r in logs):.3f} (limit {limit})")
-    assert after["reward_mean"] > before["reward_mean"]
-    assert after["verifier_accuracy"] > before["verifier_accuracy"]
-    assert len(logs) == recipe.trainer_config().steps and max(r["kl"] for r in logs) < limit
