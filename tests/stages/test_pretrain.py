@@ -112,6 +112,25 @@ def test_held_out_documents_are_load_datas_split_per_source(shared):
     assert len(train[0][1]) == 30 and {k: len(v) for k, v in held_out.items()} == {"chinese_2": 5, "wiki_demo": 1}
 
 
+def test_sources_of_each_format_become_documents(shared, tmp_path):
+    """Cards and paths: jsonl (c4_demo), blank-line separated txt (tinyshakespeare), parquet with text_field."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"content": ["first parquet document", "second one"], "id": [1, 2]}),
+                   tmp_path / "docs.parquet")
+    recipe = make_recipe(shared, tmp_path / "run", wiki=0, chinese=0, data={"train": [
+        {"name": "c4_demo", "max_rows": 5}, {"name": "tinyshakespeare", "text_split": "blank", "max_rows": 2},
+        {"path": str(tmp_path / "docs.parquet"), "text_field": "content"}], "eval_fraction": 0})
+    train, held_out, loaded = pretrain.load_documents(recipe.data)
+    docs = {name: d for name, d, _ in train}
+    assert list(docs) == ["c4_demo", "tinyshakespeare", "docs"] and held_out == {}
+    assert len(docs["c4_demo"]) == 5 and docs["c4_demo"][0].startswith("Don’t think you need all the bells")
+    assert docs["tinyshakespeare"] == ["First Citizen:\nBefore we proceed any further, hear me speak.",
+                                       "All:\nSpeak, speak."]
+    assert docs["docs"] == ["first parquet document", "second one"]
+
+
 def trainable(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
