@@ -11,7 +11,9 @@ from align_kit.config import load_recipe
 from align_kit.data.cards import get_card, registry
 
 ROOT = Path(__file__).resolve().parents[2]
-RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml") if "accelerate" not in p.parts)
+RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml")
+                 if "accelerate" not in p.parts and not p.name.startswith("pipeline"))
+PIPELINES = sorted((ROOT / "recipes").rglob("pipeline*.yaml"))
 
 
 def test_recipe_count():
@@ -32,6 +34,15 @@ def test_recipe_validates_and_datasets_have_cards(path, monkeypatch):
     for src in recipe.data.eval:
         if src.name:
             get_card(src.name)
+
+
+@pytest.mark.parametrize("path", PIPELINES, ids=lambda p: p.name)
+def test_pipelines_reference_valid_recipes(path):
+    from align_kit.pipeline import load_pipeline
+
+    spec, base = load_pipeline(path)
+    for stage in spec.stages:
+        load_recipe(base / stage.recipe)
 
 
 def test_cards_have_provenance_prose():
