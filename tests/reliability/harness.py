@@ -152,8 +152,8 @@ def compare(a: dict, b: dict) -> tuple[bool, float]:
     """(bitwise equal, largest absolute difference) of two state dicts."""
     import torch
 
-    if a.keys() != b.keys():
-        return False, float("inf")
+    if a.keys() != b.keys() or any(a[k].shape != b[k].shape for k in a):
+        return False, float("inf")  # e.g. the checkout changed under a running benchmark
     diff = max(float((a[k].float() - b[k].float()).abs().max()) if a[k].numel() else 0.0 for k in a)
     return all(torch.equal(a[k], b[k]) for k in a), diff
 
