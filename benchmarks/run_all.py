@@ -75,7 +75,7 @@ def markdown(results: Path) -> str:
             load = statistics.median(r["loadavg_1m"] for r in runs)
             ratio = s["median"] / base[(s["bench"], s["family"])] if (s["bench"], s["family"]) in base else None
             rows.append(f"| {s['bench']} | {s['family']} | {s['arm']} | {key.replace('_per_s', '/s')} "
-                        f"{s['median']:.1f} [{s['min']:.1f}, {s['max']:.1f}] | {s['runs']} | "
+                        f"{s['median']:.3g} [{s['min']:.3g}, {s['max']:.3g}] | {s['runs']} | "
                         f"{'' if ratio is None else format(ratio, '.2f') + 'x'} | {s['peak_rss_mib']:.0f} | {load:.1f} |")
     head = ("| bench | family | arm | throughput median [min, max] | runs | vs TRL | peak RSS MiB | load 1m |\n"
             "|---|---|---|---|---|---|---|---|\n")
