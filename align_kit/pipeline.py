@@ -128,7 +128,9 @@ def run_pipeline(path: str | Path, overrides: dict[str, list[str]] | None = None
             status = "done"
         done[stage.name] = out
         summary.append({"name": stage.name, "kind": recipe.stage, "status": status, "output_dir": str(out),
-                        "log_history": str(out / "log_history.jsonl") if (out / "log_history.jsonl").exists() else None,
+                        "start": stage.use.get("model.name_or_path"),
+                        "log_history": next((str(out / n) for n in ("log_history.jsonl", "ppo_log.jsonl")
+                                             if (out / n).exists()), None),
                         "evals": json.loads((out / "eval.json").read_text()) if (out / "eval.json").exists() else None})
         if common.is_main_process():
             _report(root, spec, summary)

@@ -142,9 +142,10 @@ def normalise_evals(evals: Sequence[Mapping] | Mapping | None, stage: str = "aft
     if not evals:
         return []
     if isinstance(evals, Mapping):
-        if all(isinstance(v, Mapping) for v in evals.values()):
+        if "before" in evals or "after" in evals or all(isinstance(v, Mapping) for v in evals.values()):
+            # {"before": {...}, "after": {...}} plus descriptive strings (e.g. "reference": "copy")
             return [{"metric": m, "value": v, "stage": str(name)} for name, values in evals.items()
-                    for m, v in _numbers(values).items()]
+                    if isinstance(values, Mapping) for m, v in _numbers(values).items()]
         return [{"metric": m, "value": v, "stage": stage} for m, v in _numbers(evals).items()]
     out = []
     for i, rec in enumerate(evals):
@@ -243,7 +244,8 @@ def write_pipeline_report(out_dir: str | Path, stages: Sequence[Mapping], title:
     for stage in stages:
         name = str(stage["name"])
         for rec in normalise_evals(stage.get("evals"), stage=name):
-            rec["stage"] = {"before": policy, "after": name}.get(rec["stage"], rec["stage"])
+            start = stage.get("start") or policy  # the stage whose model this one started from
+            rec["stage"] = {"before": start, "after": name}.get(rec["stage"], rec["stage"])
             if rec not in evals:  # a stage's "before" is the previous stage's "after"
                 evals.append(rec)
         if "reward" not in str(stage.get("kind", name)).lower():
