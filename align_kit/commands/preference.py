@@ -65,12 +65,6 @@ def cmd_convert_preference(args) -> int:
                                 report=report))
     if args.unpaired:
         rows = to_unpaired([r for r in rows if "chosen" in r]) + [r for r in rows if "label" in r]
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.out, "w", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    print(report.summary())
-    for example in report.examples[:5]:
-        print(f"  {example}")
-    return 0
+    from align_kit.commands.train import write_converted
+
+    return write_converted(rows, args.out, report)

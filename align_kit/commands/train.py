@@ -94,9 +94,14 @@ def cmd_convert(args) -> int:
     report = SkipReport(args.input)
     rows = list(convert_records(read_records(args.input, columns=cols), args.format, args.input,
                                 skip=args.skip_bad_rows, report=report))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.out, "w", encoding="utf-8") as fh:
+    return write_converted(rows, args.out, report)
+
+
+def write_converted(rows: list[dict], out: str | None, report: SkipReport) -> int:
+    """Write converted rows as jsonl (when ``out``) and print kept/rejected counts with example errors."""
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "w", encoding="utf-8") as fh:
             for row in rows:
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     print(report.summary())
