@@ -31,6 +31,27 @@ class Options:
 OPTIONS = Options
 
 
+def _trainer_class():
+    """TRL's SFTTrainer, with the model's own loss on CPU.
+
+    TRL always routes the loss through its chunked LM head to log per-step entropy and token accuracy; on
+    CPU (no Triton kernel) that head recomputes logits in 512 MiB blocks and took ~70% of each step
+    (benchmarks/RESULTS.md: 0.65x the hand-written loop with it, 1.06x without; the loss is identical).
+    On GPUs TRL's path is kept.
+    """
+    import torch
+    from transformers import Trainer
+    from trl import SFTTrainer
+
+    class AlignKitSFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if torch.cuda.is_available() and not self.args.use_cpu:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+
+    return AlignKitSFTTrainer
+
+
 def tokenize_rows(rows: list[dict], tokenizer, where: str) -> tuple[list[dict], dict]:
     """Rows of ``{"messages"}`` -> ``{"input_ids", "assistant_masks"}``; returns rows and length stats."""
     from align_kit.data.tokenize import tokenize_conversation
@@ -56,7 +77,6 @@ def report_truncation(rows: list[dict], max_length: int | None, split: str) -> i
 
 def run(recipe) -> Path:
     from datasets import Dataset
-    from trl import SFTTrainer
 
     from align_kit.data.packing import PackedCollator, pack_samples
     from align_kit.data.sources import load_data
@@ -77,7 +97,7 @@ def run(recipe) -> Path:
     model = load_model(recipe.model, tokenizer, quant=recipe.quantization)
     model = apply_lora(model, recipe.peft, quantized=recipe.quantization is not None)
     run_info = start_run(recipe, data, extra={"truncated_rows": truncated, **train_stats})
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+    trainer = _trainer_class()(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                          processing_class=tokenizer, callbacks=common.stage_callbacks(recipe),
                          data_collator=PackedCollator(tokenizer.pad_token_id, args.pad_to_multiple_of))
     evals = {"before": _evaluate(trainer, recipe, data.eval, tokenizer)}
