@@ -18,6 +18,18 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 SHARED = Path(os.environ.get("ALIGN_KIT_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny matmuls gain nothing from threads, and bitwise kill/resume comparisons need the same reduction
+    order as the subprocesses (which run with OMP_NUM_THREADS=1)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def shared() -> Path:
     """Path of ../shared (real data, tokenizers, stories260K); skips the test when absent."""

@@ -29,3 +29,34 @@ def qwen2_tokenizer(shared: Path):
                          bos_token=None, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
     tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
     return tok
+
+
+def launch_two_processes(*target: str, env: dict | None = None, timeout: int = 300):
+    """Run ``target`` (``-m align_kit train RECIPE ...`` or a script) under
+    ``ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2`` (gloo); returns the process."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    full_env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+           *target]
+    proc = subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def with_overrides(raw: dict, over: dict) -> dict:
+    """Set ``section__key=value`` (or whole ``section=value``) entries of a recipe dict.
+
+    >>> with_overrides({"trainer": {"a": 1}}, {"trainer__b": 2, "peft": {"r": 4}})
+    {'trainer': {'a': 1, 'b': 2}, 'peft': {'r': 4}}
+    """
+    for key, value in over.items():
+        section, _, name = key.partition("__")
+        if name:
+            raw.setdefault(section, {})[name] = value
+        else:
+            raw[section] = value
+    return raw

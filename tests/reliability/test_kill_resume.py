@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import harness  # noqa: E402
@@ -30,14 +29,6 @@ def root(tmp_path_factory):
 def bases(root):
     return harness.make_bases(root)
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The subprocesses run with OMP_NUM_THREADS=1; the in-process reference must reduce in the same order.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def reference(stage: str, root: Path, bases) -> Path:

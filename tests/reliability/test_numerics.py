@@ -21,14 +21,6 @@ from align_kit.config import recipe_from_dict  # noqa: E402
 from align_kit.stages import common, run_stage  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def small(stage: str, out: Path, **trainer) -> dict:
     raw = harness.recipe(stage, out, {})
     raw["trainer"].update(max_steps=6, save_steps=2, **trainer)

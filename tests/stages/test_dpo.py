@@ -10,6 +10,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import with_overrides
 
 from align_kit.config import recipe_from_dict
 from align_kit.errors import ConfigError
@@ -31,13 +32,7 @@ def tiny_recipe(tmp_path, model_path, data_path, **over):
            "data": {"train": [{"path": data_path}], "eval_fraction": 0},
            "trainer": {"per_device_train_batch_size": 4, "max_steps": 2, "learning_rate": 1e-3, "beta": 0.3,
                        "use_cpu": True, "logging_steps": 1, "save_steps": 1, "report_to": "none"}}
-    for key, value in over.items():
-        section, _, name = key.partition("__")
-        if name:
-            raw.setdefault(section, {})[name] = value
-        else:
-            raw[section] = value
-    return recipe_from_dict(raw)
+    return recipe_from_dict(with_overrides(raw, over))
 
 
 @pytest.fixture(scope="module")
@@ -198,24 +193,14 @@ def test_lora_dpo_and_kto_run_and_save_plain_models(tmp_path):
 
 def test_two_processes_under_accelerate(tmp_path):
     """``ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m align_kit train`` (gloo)."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     import yaml
+    from helpers import launch_two_processes
 
     raw = quickstart_recipe(tmp_path / "ddp", dpo={"reference": "copy"})
     raw["trainer"].update(max_steps=2, save_steps=10, per_device_train_batch_size=4)
     recipe = tmp_path / "dpo.yaml"
     recipe.write_text(yaml.safe_dump(raw))
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "-m", "align_kit", "train", str(recipe)]
-    root = Path(__file__).resolve().parents[2]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=root)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    launch_two_processes("-m", "align_kit", "train", str(recipe))
     assert (tmp_path / "ddp" / "model" / "model.safetensors").exists()
     ev = json.loads((tmp_path / "ddp" / "eval.json").read_text())
     assert ev["before"]["pairs"] == ev["after"]["pairs"] == 16

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import launch_two_processes
 
 from align_kit.ppo.config import PPOConfig
 from align_kit.ppo.loop import PPODivergedError, PPOTrainer, left_pad
@@ -49,14 +47,6 @@ def tiny_checkpoints(root: Path) -> tuple[Path, Path]:
     reward.save_pretrained(root / "rm")
     return root / "sft", root / "rm"
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matmuls gain nothing from threads, and on a shared 2-core runner OpenMP spinning makes them ~50x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -230,12 +220,8 @@ def test_nan_guard_and_kl_limit_keep_last_checkpoint(ckpts, tokenizer, tmp_path)
 
 def test_two_processes_under_accelerate_run_to_the_end_and_resume(ckpts, tmp_path):
     """``accelerate launch --multi_gpu --num_processes 2`` on CPU (gloo): a full run, then a resume from checkpoint-2."""
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-           str(HERE / "ppo_ddp_script.py"), str(ckpts[0]), str(ckpts[1]), str(tmp_path)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = launch_two_processes(str(HERE / "ppo_ddp_script.py"), str(ckpts[0]), str(ckpts[1]), str(tmp_path),
+                                timeout=180)
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result == {"num_processes": 2, "steps": 4, "resumed_at": 2, "policy_moved": True,
                       "resume_identical": True, "ranks_agree": True}

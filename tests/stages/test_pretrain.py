@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import launch_two_processes, with_overrides
 from safetensors.torch import load_file
 
 from align_kit.config import load_recipe, recipe_from_dict
@@ -33,13 +31,7 @@ def make_recipe(shared, out, *, wiki=3, chinese=300, steps=4, block=64, **over):
            "pretrain": {"block_size": block, "max_eval_blocks": 16},
            "trainer": {"max_steps": steps, "per_device_train_batch_size": 4, "learning_rate": 3e-3,
                        "logging_steps": 1, "save_steps": 2, "report_to": "none", "dataloader_num_workers": 0}}
-    for key, value in over.items():
-        section, _, name = key.partition("__")
-        if name:
-            raw.setdefault(section, {})[name] = value
-        else:
-            raw[section] = value
-    return recipe_from_dict(raw)
+    return recipe_from_dict(with_overrides(raw, over))
 
 
 def test_perplexity_falls_on_english_and_chinese(shared, tmp_path):
@@ -258,15 +250,9 @@ def test_shipped_pretrain_recipes_load(monkeypatch):
 
 def test_two_processes_under_accelerate_finish(shared, tmp_path):
     """``accelerate launch --multi_gpu --num_processes 2 -m align_kit train recipes/tiny/pretrain.yaml`` on CPU."""
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "ALIGN_KIT_SHARED": str(shared)}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-           "-m", "align_kit", "train", str(ROOT / "recipes/tiny/pretrain.yaml"), f"output_dir={tmp_path}",
-           "trainer.max_steps=3", "trainer.save_steps=3", "trainer.per_device_train_batch_size=4",
-           "pretrain.max_eval_blocks=8"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    launch_two_processes("-m", "align_kit", "train", str(ROOT / "recipes/tiny/pretrain.yaml"), f"output_dir={tmp_path}",
+                         "trainer.max_steps=3", "trainer.save_steps=3", "trainer.per_device_train_batch_size=4",
+                         "pretrain.max_eval_blocks=8", env={"ALIGN_KIT_SHARED": str(shared)}, timeout=240)
     state = json.loads((tmp_path / "checkpoint-3" / "trainer_state.json").read_text())
     blocks = json.loads((tmp_path / "manifest.json").read_text())["extra"]["train_blocks"]
     # Each step takes 4 blocks on each of the 2 processes: 3 steps cover 24 blocks.

@@ -5,14 +5,12 @@ processes under accelerate finish."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from helpers import launch_two_processes
 
 from align_kit.config import recipe_from_dict
 from align_kit.stages import run_stage
@@ -123,12 +121,7 @@ def test_two_processes_under_accelerate(tmp_path):
     raw["trainer"].update(max_steps=2, save_steps=10, per_device_train_batch_size=8)
     recipe = tmp_path / "reward.yaml"
     recipe.write_text(yaml.safe_dump(raw))
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "-m", "align_kit", "train", str(recipe)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    launch_two_processes("-m", "align_kit", "train", str(recipe))
     assert (tmp_path / "ddp" / "model" / "model.safetensors").exists()
     assert json.loads((tmp_path / "ddp" / "eval.json").read_text())["pairs"] == 24
     logs = [json.loads(line) for line in open(tmp_path / "ddp" / "log_history.jsonl")]

@@ -5,15 +5,13 @@ load with plain transformers, two processes under accelerate."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from helpers import launch_two_processes
 from safetensors.torch import load_file
 
 from align_kit.config import recipe_from_dict
@@ -138,12 +136,7 @@ def test_data_inspect_marks_trained_tokens(capsys):
 def test_two_processes_under_accelerate(tmp_path):
     recipe = tmp_path / "sft.yaml"
     recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path / "ddp", max_steps=3, save_steps=10)))
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "-m", "align_kit", "train", str(recipe)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    launch_two_processes("-m", "align_kit", "train", str(recipe))
     state = json.loads((tmp_path / "ddp" / "checkpoint-3" / "trainer_state.json").read_text()) \
         if (tmp_path / "ddp" / "checkpoint-3").exists() else None
     assert (tmp_path / "ddp" / "model" / "model.safetensors").exists()
