@@ -74,6 +74,7 @@ def arm_align_kit(work: Path, rows: int, extra: dict) -> dict:
     for key in ("peft", "quantization"):
         if key in extra:
             recipe[key] = recipe["trainer"].pop(key)
+    recipe["model"].update(recipe["trainer"].pop("model", {}))
     out = run(recipe_from_dict(recipe))
     history = [json.loads(line) for line in open(out / "log_history.jsonl")]
     return {"train_s": next(h["train_runtime"] for h in history if "train_runtime" in h)}
@@ -86,7 +87,10 @@ def arm_trl(work: Path, samples: list[dict], device: str) -> dict:
     from trl import SFTConfig, SFTTrainer
 
     tok = AutoTokenizer.from_pretrained(work / "model")
-    model = AutoModelForCausalLM.from_pretrained(work / "model", dtype=torch.float32)
+    # CPU: fp32 weights (bf16 autocast on top, TRL's default). CUDA: the path, so TRL loads it its own way
+    # (since transformers v5 the dtype comes from the checkpoint: bf16 here, like align_kit's "auto").
+    model = (AutoModelForCausalLM.from_pretrained(work / "model", dtype=torch.float32) if device == "cpu"
+             else str(work / "model"))
     cpu = {"use_cpu": True} if device == "cpu" else {}
     args = SFTConfig(output_dir=str(work / "out-trl"), learning_rate=LR, num_train_epochs=1, save_strategy="no",
                      **cpu)
@@ -106,7 +110,9 @@ def arm_hand(work: Path, samples: list[dict], device: str, batch_size: int = 8, 
     from align_kit.data.packing import PackedCollator, pack_samples
 
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(work / "model", dtype=torch.float32).to(device)
+    # same weight dtype as align_kit's "auto": fp32 on CPU, bf16 on a bf16 GPU
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    model = AutoModelForCausalLM.from_pretrained(work / "model", dtype=dtype).to(device)
     rows = pack_samples(samples, max_length)
     collate = PackedCollator(model.config.pad_token_id)
     opt = torch.optim.AdamW(model.parameters(), lr=LR)
@@ -167,8 +173,10 @@ def _vocab(work: Path) -> int:
 
 GPU_CONFIGS = {  # tag -> (shape, align_kit extra settings)
     "1b": {"bf16": True},
-    "8b": {"bf16": True, "peft": {"r": 16, "alpha": 32}},
-    "8b-qlora": {"bf16": True, "peft": {"r": 16, "alpha": 32}, "quantization": {"bits": 4}},
+    # 8B: activations of 8 x 1024 tokens without checkpointing take ~45 GB on top of 16 GB of weights
+    "8b": {"bf16": True, "peft": {"r": 16, "alpha": 32}, "model": {"gradient_checkpointing": True}},
+    "8b-qlora": {"bf16": True, "peft": {"r": 16, "alpha": 32}, "quantization": {"bits": 4},
+                 "model": {"gradient_checkpointing": True}},
 }
 
 
@@ -179,6 +187,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--rows", type=int, default=64, help="Alpaca rows per arm (all arms: the same rows)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--arms", default=",".join(ARMS[:3]))
+    p.add_argument("--configs", default=",".join(GPU_CONFIGS), help="GPU track configs to run (--device cuda)")
     p.add_argument("--worker", choices=ARMS)
     p.add_argument("--work"), p.add_argument("--family"), p.add_argument("--tag", default="cpu")
     p.add_argument("--extra", default="{}")
@@ -187,7 +196,7 @@ def main(argv=None) -> list[dict]:
         return worker(ns)
     records = []
     plans = ([(f, "cpu", {}) for f in ns.families.split(",")] if ns.device == "cpu"
-             else [("llama", tag, extra) for tag, extra in GPU_CONFIGS.items()])
+             else [("llama", tag, GPU_CONFIGS[tag]) for tag in ns.configs.split(",")])
     for family, tag, extra in plans:
         shape = common.CPU_SHAPE if tag == "cpu" else common.GPU_SHAPES[tag.split("-")[0]]
         work = prepare(family, ns.rows, shape, tag.split("-")[0])

@@ -84,11 +84,17 @@ def build_model_dir(family: str, shape: dict, out: Path, head: str = "causal_lm"
         cfg.num_labels = 1
     torch.manual_seed(0)
     cls = AutoModelForCausalLM if head == "causal_lm" else AutoModelForSequenceClassification
-    model = cls.from_config(cfg)
-    if shape is not CPU_SHAPE:
-        model = model.to(torch.bfloat16)  # GPU track: 8B in fp32 would be 32 GB on disk for nothing
+    if shape is CPU_SHAPE:
+        model = cls.from_config(cfg)
+    else:
+        # GPU track: initialise in bf16 on the GPU (an 8B fp32 init on the host takes minutes and 32 GB)
+        with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+            model = cls.from_config(cfg, dtype=torch.bfloat16)
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
+    del model  # the arms run in their own processes: give the GPU back to them
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     return out
 
 
