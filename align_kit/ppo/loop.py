@@ -330,7 +330,7 @@ class PPOTrainer:
         from align_kit.stages import common
 
         self.acc.wait_for_everyone()
-        if self.acc.is_main_process:
-            common.save_final(self.acc.unwrap_model(self.policy), self.tokenizer, self.output_dir)
+        # every rank: under FSDP / ZeRO-3 gathering the weights to save them is collective
+        common.save_final(self.policy, self.tokenizer, self.output_dir, accelerator=self.acc)
         self.acc.wait_for_everyone()
         return common.model_dir(self.output_dir)

@@ -102,15 +102,25 @@ def is_finished(output_dir: str | Path) -> bool:
     return (Path(output_dir) / "model" / COMPLETE).exists()
 
 
-def save_final(model, tokenizer, output_dir: str | Path, merge_lora: bool = True) -> Path:
+def save_final(model, tokenizer, output_dir: str | Path, merge_lora: bool = True, accelerator=None) -> Path:
     """Save the final model to ``output_dir/model`` atomically (write to a temp folder, then rename).
 
     A LoRA model is saved twice: the adapter in ``adapter/`` and merged weights in ``model/`` so the result
     loads with plain transformers; a quantised base cannot be merged exactly, so ``model/`` then holds the
     adapter (loads with transformers + peft).
+
+    Call it on every process. Under FSDP or DeepSpeed each rank holds a shard of the weights, so the full
+    state dict is gathered first (a collective: every rank must take part), then rank 0 writes it. A LoRA
+    model trained sharded keeps its adapter in ``model/``: merging needs the whole base in one process, which
+    ``align-kit export`` does afterwards.
     """
     out = Path(output_dir)
     final, tmp = out / "model", out / "model.tmp"
+    state_dict = None
+    if accelerator is not None:
+        if is_sharded(accelerator):
+            state_dict = accelerator.get_state_dict(model)
+        model = accelerator.unwrap_model(model)
     if not is_main_process():
         return final  # one writer; the others hold identical weights under DDP
     shutil.rmtree(tmp, ignore_errors=True)
@@ -119,20 +129,31 @@ def save_final(model, tokenizer, output_dir: str | Path, merge_lora: bool = True
     quantized = bool(getattr(getattr(model, "config", None), "quantization_config", None)) or getattr(
         model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)
     if is_peft:
-        model.save_pretrained(out / "adapter", safe_serialization=True)
+        model.save_pretrained(out / "adapter", safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(out / "adapter")
-    if is_peft and merge_lora and not quantized:
+    if is_peft and merge_lora and not quantized and state_dict is None:
         import copy
 
         merged = copy.deepcopy(model).merge_and_unload()
         merged.save_pretrained(tmp, safe_serialization=True)
     else:
-        model.save_pretrained(tmp, safe_serialization=True)
+        if is_peft and merge_lora and state_dict is not None:
+            log.info("sharded LoRA run: model/ holds the adapter; merge it with `align-kit export`")
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
     tokenizer.save_pretrained(tmp)
     (tmp / COMPLETE).write_text("ok\n")
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     return final
+
+
+def is_sharded(accelerator) -> bool:
+    """True when the weights are split across ranks (FSDP, DeepSpeed), so saving them is collective."""
+    if accelerator is None:
+        return False
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 
 def write_json(path: Path, data: dict) -> None:

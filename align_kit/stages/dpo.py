@@ -159,13 +159,16 @@ def _train(recipe, trainer_cls, train_rows: list[dict], eval_pairs: list[dict], 
     evals: dict = {"reference": mode}
     main = trainer.is_world_process_zero()
     before = evaluate_policy(trainer.model, tokenizer, eval_pairs, recipe.options) if main else None
-    common.train(trainer, out)
+    with logprob_tiles(recipe.options.logprob_token_tile, trainer.accelerator.device):
+        common.train(trainer, out)
     if main:
         after = evaluate_policy(trainer.model, tokenizer, eval_pairs, recipe.options, reference=before)
         evals.update(before=before.summary(), after=after.summary())
         log.info("%s eval before: %s", recipe.stage, evals["before"])
         log.info("%s eval after:  %s", recipe.stage, evals["after"])
-        common.save_final(trainer.model, tokenizer, out, merge_lora=recipe.options.merge_lora)
+    # every rank: under FSDP / ZeRO-3 gathering the weights to save them is collective
+    common.save_final(trainer.model, tokenizer, out, merge_lora=recipe.options.merge_lora,
+                      accelerator=trainer.accelerator)
     trainer.accelerator.wait_for_everyone()
     finish_run(run_info, trainer.state.log_history, evals)
     return out

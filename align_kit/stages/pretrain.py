@@ -251,7 +251,7 @@ def run(recipe) -> Path:
         warm_new_embeddings(trainer, recipe, base_vocab)
     common.train(trainer, out, resume)
     evals["after"] = evaluate(trainer, eval_sets, per_char)
-    common.save_final(trainer.model, tokenizer, out, merge_lora=o.merge_lora)
+    common.save_final(trainer.model, tokenizer, out, merge_lora=o.merge_lora, accelerator=trainer.accelerator)
     finish_run(run_info, trainer.state.log_history, evals)
     return out
 

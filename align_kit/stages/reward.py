@@ -125,8 +125,8 @@ def run(recipe) -> Path:
         head_to_compute_dtype(trainer.model, recipe.quantization)
     common.train(trainer, out)
     evals = {}
+    final = save_plain(trainer.model, tokenizer, out, recipe, trainer.accelerator)  # every rank: see save_final
     if trainer.is_world_process_zero():
-        final = save_plain(trainer.model, tokenizer, out, recipe)
         evals = evaluate_pairs(final, data.eval, args.max_length, recipe.options.calibration_bins)
         log.info("reward eval: accuracy %s (longer-answer baseline %s), mean margin %.3f, ECE %s",
                  evals.get("accuracy"), evals.get("length_baseline_accuracy"), evals.get("mean_margin", 0.0),
@@ -149,10 +149,11 @@ def head_to_compute_dtype(model, quant) -> None:
             param.data = param.data.to(dtype)
 
 
-def save_plain(model, tokenizer, out: Path, recipe) -> Path:
-    """``out/model`` as a plain sequence classifier; a QLoRA adapter is merged into the float32 base."""
-    final = common.save_final(model, tokenizer, out, merge_lora=True)
-    if recipe.quantization is not None and recipe.peft is not None:
+def save_plain(model, tokenizer, out: Path, recipe, accelerator=None) -> Path:
+    """``out/model`` as a plain sequence classifier; a QLoRA adapter is merged into the float32 base.
+    Called on every rank (gathering sharded weights is collective); rank 0 writes."""
+    final = common.save_final(model, tokenizer, out, merge_lora=True, accelerator=accelerator)
+    if recipe.quantization is not None and recipe.peft is not None and common.is_main_process():
         from align_kit.export import load_merged, save_export
 
         merged, tok, _ = load_merged(out / "adapter", recipe.model.name_or_path)

@@ -193,9 +193,9 @@ def test_lora_and_qlora_train_their_adapters(shared, tmp_path, quantized, monkey
                          **{"peft": {"r": 4, "alpha": 8}, **extra})
     captured, original = {}, common.save_final
 
-    def spy(model, tokenizer, out, merge_lora=True):  # the trained model, as the stage hands it over
+    def spy(model, tokenizer, out, merge_lora=True, accelerator=None):  # the trained model, as handed over
         captured["model"] = model
-        return original(model, tokenizer, out, merge_lora)
+        return original(model, tokenizer, out, merge_lora, accelerator)
 
     monkeypatch.setattr(common, "save_final", spy)
     out = run_stage(recipe)
