@@ -141,3 +141,18 @@ def test_two_processes_under_accelerate(tmp_path):
     assert (tmp_path / "ddp" / "model" / "model.safetensors").exists()
     logs = [json.loads(line) for line in open(tmp_path / "ddp" / "log_history.jsonl")]
     assert max(r["step"] for r in logs) == 3
+
+
+def test_lm_head_choice_changes_the_path_not_the_loss(tmp_path):
+    """``sft.lm_head``: TRL's chunked head and the model's own loss give the same losses; only the chunked
+    path logs TRL's per-step entropy and token accuracy, which is how we know it ran."""
+    logs = {}
+    for head in ("chunked", "full"):
+        recipe = tiny_recipe(tmp_path / head, max_steps=2, save_steps=10)
+        recipe["sft"] = {"lm_head": head}
+        out = run_stage(recipe_from_dict(recipe))
+        logs[head] = [json.loads(line) for line in open(out / "log_history.jsonl") if '"loss"' in line]
+    losses = {h: [r["loss"] for r in rows] for h, rows in logs.items()}
+    assert len(losses["full"]) == 2
+    assert losses["chunked"] == pytest.approx(losses["full"], rel=1e-4)
+    assert all("entropy" in r for r in logs["chunked"]) and not any("entropy" in r for r in logs["full"])
