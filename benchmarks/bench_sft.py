@@ -71,7 +71,7 @@ def arm_align_kit(work: Path, rows: int, extra: dict) -> dict:
               "data": {"train": [{"path": str(common.ALPACA), "format": "alpaca", "max_rows": rows}],
                        "eval_fraction": 0.0},
               "trainer": {"learning_rate": LR, "num_train_epochs": 1, "save_strategy": "no", **extra}}
-    for key in ("peft", "quantization"):
+    for key in ("peft", "quantization", "sft"):
         if key in extra:
             recipe[key] = recipe["trainer"].pop(key)
     recipe["model"].update(recipe["trainer"].pop("model", {}))
@@ -173,6 +173,7 @@ def _vocab(work: Path) -> int:
 
 GPU_CONFIGS = {  # tag -> (shape, align_kit extra settings)
     "1b": {"bf16": True},
+    "1b-liger": {"bf16": True, "model": {"liger_kernels": True}},  # align_kit arm only, like the 8B configs
     # 8B: activations of 8 x 1024 tokens without checkpointing take ~45 GB on top of 16 GB of weights
     "8b": {"bf16": True, "peft": {"r": 16, "alpha": 32}, "model": {"gradient_checkpointing": True}},
     "8b-qlora": {"bf16": True, "peft": {"r": 16, "alpha": 32}, "quantization": {"bits": 4},
@@ -207,6 +208,8 @@ def main(argv=None) -> list[dict]:
                     "--device", ns.device, "--tag", tag.split("-")[0], "--extra", json.dumps(extra)]
             rec = common.run_worker(Path(__file__), args)
             rec["config"] = tag
+            if ns.device == "cuda":
+                rec["family"] = f"{family}-{tag}"  # one table row per config
             print(json.dumps(rec), flush=True)
             records.append(rec)
     common.print_table(common.summarise(records, "tokens_per_s"), "tokens/s", baseline_arm="trl")
