@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 
 def plan(ns) -> list[tuple[str, list[str]]]:
     if ns.device == "cuda":
-        return [("sft", ["bench_sft.py", "--device", "cuda", "--rows", "512", "--repeats", "2"])]
+        return [("sft", ["bench_sft.py", "--device", "cuda", "--rows", "999", "--repeats", "2"])]
     rows, pairs, rounds = (8, 8, 1) if ns.quick else (ns.rows, ns.pairs, ns.repeats)
     return [
         ("sft", ["bench_sft.py", "--families", "llama", "--rows", str(rows), "--repeats", str(rounds),
