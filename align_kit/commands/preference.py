@@ -61,7 +61,7 @@ def cmd_convert_preference(args) -> int:
     from align_kit.data.preference import convert_records, to_unpaired
 
     report = SkipReport(args.input)
-    rows = list(convert_records(read_records(args.input), args.format, args.input, skip=args.skip_bad_rows,
+    rows = list(convert_records(read_records(args.input, skip_report=report if args.skip_bad_rows else None), args.format, args.input, skip=args.skip_bad_rows,
                                 report=report))
     if args.unpaired:
         rows = to_unpaired([r for r in rows if "chosen" in r]) + [r for r in rows if "label" in r]

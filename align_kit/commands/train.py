@@ -92,7 +92,7 @@ def cmd_convert(args) -> int:
 
     cols = FLAN_COT_COLUMNS if args.format == "flan_cot" and args.input.endswith(".tsv") else None
     report = SkipReport(args.input)
-    rows = list(convert_records(read_records(args.input, columns=cols), args.format, args.input,
+    rows = list(convert_records(read_records(args.input, columns=cols, skip_report=report if args.skip_bad_rows else None), args.format, args.input,
                                 skip=args.skip_bad_rows, report=report))
     return write_converted(rows, args.out, report)
 

@@ -15,7 +15,7 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from align_kit.errors import DataError
+from align_kit.errors import DataError, SkipReport
 
 SUFFIXES = (".json", ".jsonl", ".jsonl.gz", ".json.gz", ".csv", ".tsv", ".parquet", ".txt", ".txt.gz")
 
@@ -58,12 +58,21 @@ def _read_text(path: Path) -> str:
                         "UTF-8 text" + hint) from None
 
 
-def read_records(path: str | Path, columns: list[str] | None = None) -> Iterator[tuple[int, dict]]:
+def read_records(path: str | Path, columns: list[str] | None = None,
+                 skip_report: SkipReport | None = None) -> Iterator[tuple[int, dict]]:
     """Yield ``(row_number, record)`` from a json/jsonl/csv/tsv/parquet file.
 
     ``columns`` names the fields of a header-less csv/tsv (e.g. FLAN's ``question, answer, rationale``).
-    Each record must be a JSON object; anything else is a :class:`DataError` naming the row.
+    Each record must be a JSON object; anything else is a :class:`DataError` naming the row. In skip mode
+    (``skip_report`` given) a broken line of a jsonl/csv/tsv file is counted there and reading goes on; a
+    .json file is one document, so invalid JSON there still stops.
     """
+
+    def bad(err: DataError) -> None:
+        if skip_report is None:
+            raise err
+        skip_report.add(err)
+
     path = Path(path)
     kind = file_kind(path)
     if kind == "parquet":
@@ -91,10 +100,12 @@ def read_records(path: str | Path, columns: list[str] | None = None) -> Iterator
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DataError(str(path), i, None, f"invalid JSON ({exc.msg}, column {exc.colno})",
-                                "one complete JSON object per line") from None
+                bad(DataError(str(path), i, None, f"invalid JSON ({exc.msg}, column {exc.colno})",
+                              "one complete JSON object per line"))
+                continue
             if not isinstance(rec, dict):
-                raise DataError(str(path), i, None, f"a JSON {type(rec).__name__}", "a JSON object")
+                bad(DataError(str(path), i, None, f"a JSON {type(rec).__name__}", "a JSON object"))
+                continue
             yield i, rec
     elif kind in ("csv", "tsv"):
         reader = csv.reader(io.StringIO(text), delimiter="\t" if kind == "tsv" else ",")
@@ -106,7 +117,8 @@ def read_records(path: str | Path, columns: list[str] | None = None) -> Iterator
             if not any(c.strip() for c in cells):
                 continue
             if len(cells) != len(header):
-                raise DataError(str(path), i, None, f"{len(cells)} cells", f"{len(header)} cells ({', '.join(header)})")
+                bad(DataError(str(path), i, None, f"{len(cells)} cells", f"{len(header)} cells ({', '.join(header)})"))
+                continue
             yield i, dict(zip(header, cells))
     else:
         raise DataError(str(path), None, None, "a plain-text file", "json, jsonl, csv, tsv or parquet records")

@@ -291,7 +291,8 @@ def convert_records(records: Iterable[tuple[int, dict]], fmt: str | None, source
 def load_preference(path: str | Path, fmt: str | None = None, skip: bool = False) -> tuple[list[dict], SkipReport]:
     """Read a preference file of any supported format into the schema; returns rows and the skip report."""
     report = SkipReport(str(path))
-    rows = list(convert_records(read_records(path), fmt, str(path), skip=skip, report=report))
+    records = read_records(path, skip_report=report if skip else None)
+    rows = list(convert_records(records, fmt, str(path), skip=skip, report=report))
     return rows, report
 
 

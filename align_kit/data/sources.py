@@ -23,7 +23,7 @@ class Loaded:
     files: list[str] = field(default_factory=list)  # local files read (hashed into the run manifest)
 
 
-def _records(src: DataSource, location: str):
+def _records(src: DataSource, location: str, skip_report: SkipReport | None = None):
     """``(row, record)`` from a local file or a Hub dataset (``hub:<id>[:<split>]``)."""
     if location.startswith("hub:"):
         _, repo, *rest = location.split(":")
@@ -37,7 +37,7 @@ def _records(src: DataSource, location: str):
     if location.lower().endswith((".txt", ".txt.gz")):
         return ((row, {"text": doc}) for row, doc in read_text_documents(location, src.text_split))
     columns = FLAN_COT_COLUMNS if src.format == "flan_cot" and location.endswith(".tsv") else None
-    return read_records(location, columns=columns)
+    return read_records(location, columns=columns, skip_report=skip_report)
 
 
 def resolve(src: DataSource, for_training: bool) -> tuple[str, str, dict]:
@@ -86,7 +86,7 @@ def load_source(src: DataSource, kind: str, skip: bool, for_training: bool) -> t
     if kind == "text" and src.text_field != "text":
         columns = {**columns, "text": src.text_field}
     report = SkipReport(location if src.name is None else f"{src.name}[{src.split}]")
-    rows = convert(kind, _records(src, location), fmt, location, skip, report, columns)
+    rows = convert(kind, _records(src, location, report if skip else None), fmt, location, skip, report, columns)
     if report.rejected:
         log.warning("data: %s", report.summary())
     if src.max_rows is not None:

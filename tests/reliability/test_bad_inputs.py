@@ -122,6 +122,22 @@ def test_skip_mode_on_the_cli_counts_by_reason(tmp_path, capsys):
     assert "row 4: field 'output': expected a string, found number 7" in out
 
 
+def test_skip_mode_counts_broken_lines_and_reads_on(tmp_path, capsys):
+    """A jsonl line that is not JSON (or not an object) is one bad row in skip mode: counted, the rest kept."""
+    good = json.dumps(cases.A).encode()
+    body = b"\n".join([good, b'{"instruction": "cut off', good, b"[1, 2]", good]) + b"\n"
+    (tmp_path / "broken.jsonl").write_bytes(body)
+    out = tmp_path / "out.jsonl"
+    assert main(["data", "convert", str(tmp_path / "broken.jsonl"), "--format", "alpaca", "--skip-bad-rows",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "kept 3, rejected 2 (one complete JSON object per line: 1, a JSON object: 1)" in printed
+    assert "row 2" in printed and len(out.read_text().splitlines()) == 3
+    # without skip mode the same file stops at line 2, naming it
+    assert main(["data", "convert", str(tmp_path / "broken.jsonl"), "--format", "alpaca"]) == 2
+    assert "row 2" in capsys.readouterr().err
+
+
 def test_skip_mode_and_truncation_reach_the_run_manifest(tmp_path, caplog):
     """A real SFT run with ``on_bad_row: skip``: counts by reason are logged and written to manifest.json,
     and rows far longer than max_length are counted as truncated there too."""
