@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
@@ -41,6 +42,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if args.debug or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # a full disk is the user's machine, not a bug: one line, and what happens on the re-run
+        print(f"error: no space left on the device while writing {exc.filename or 'output'}; free space (or "
+              f"point output_dir elsewhere) and run the same command again: it resumes from the last complete "
+              f"checkpoint", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -108,6 +108,26 @@ def test_full_disk_during_a_checkpoint_fails_loudly_and_the_previous_one_resumes
     assert [p.name for p in common.complete_checkpoints(out)] == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
 
 
+def test_full_disk_on_the_cli_is_one_line(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(small("sft", tmp_path / "run")))
+    real_save = torch.save
+
+    def full_disk(obj, f, *a, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device", str(f))
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    assert main(["train", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    monkeypatch.setattr(torch, "save", real_save)
+    assert "Traceback" not in err
+    (line,) = [x for x in err.splitlines() if x.startswith("error: ")]
+    assert "no space left on the device while writing" in line and "checkpoint-2" in line
+    assert line.endswith("it resumes from the last complete checkpoint")
+
+
 def test_rotation_waits_for_the_new_checkpoint(tmp_path):
     # save_total_limit: 1 — HF Trainer would delete checkpoint-2 before checkpoint-4 is marked; we rotate after.
     out = tmp_path / "rot"
