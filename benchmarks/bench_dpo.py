@@ -44,18 +44,36 @@ def prepare(pairs: int, family: str = "llama") -> Path:
     return work
 
 
-def arm_align_kit(stage: str, work: Path, pairs: int) -> dict:
-    from align_kit.config import recipe_from_dict
+def phase_rss(fn):
+    """Wrap a train call so the record also holds the peak RSS before training (models loaded, data
+    tokenised) and at its end: where a peak comes from (loading vs the training steps)."""
+    phases = {}
+
+    def wrapped(*args, **kwargs):
+        phases["rss_before_train_mib"] = round(common.peak_rss_mib(), 1)
+        out = fn(*args, **kwargs)
+        phases["rss_after_train_mib"] = round(common.peak_rss_mib(), 1)
+        return out
+    return wrapped, phases
+
+
+def arm_align_kit(stage: str, work: Path, pairs: int, overrides: list[str]) -> dict:
+    from align_kit.config import apply_overrides, recipe_from_dict
+    from align_kit.stages import common as stage_common
     from align_kit.stages import run_stage
 
+    stage_common.train, phases = phase_rss(stage_common.train)
     recipe = {"stage": stage, "output_dir": str(work / f"out-{stage}-align_kit"), "seed": 0,
               "model": {"name_or_path": str(work / "model")},
               "data": {"train": [{"path": str(work / f"pairs-{pairs}.json"), "format": "preference"}],
                        "eval_fraction": 0.0},
               "trainer": {"learning_rate": LR[stage], "num_train_epochs": 1, "save_strategy": "no"}}
-    out = run_stage(recipe_from_dict(recipe))
+    parsed = recipe_from_dict(apply_overrides(recipe, overrides))
+    args = parsed.trainer_config()
+    out = run_stage(parsed)
     history = [json.loads(line) for line in open(out / "log_history.jsonl")]
-    return {"train_s": next(h["train_runtime"] for h in history if "train_runtime" in h)}
+    return {"train_s": next(h["train_runtime"] for h in history if "train_runtime" in h), "bf16": args.bf16,
+            "gradient_checkpointing": args.gradient_checkpointing, "overrides": overrides, **phases}
 
 
 def arm_trl(stage: str, work: Path, rows: list[dict]) -> dict:
@@ -79,17 +97,39 @@ def arm_trl(stage: str, work: Path, rows: list[dict]) -> dict:
     args = Config(output_dir=str(work / f"out-{stage}-trl"), use_cpu=True, learning_rate=LR[stage],
                   num_train_epochs=1, save_strategy="no")
     trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok)
-    result = trainer.train()
+    train, phases = phase_rss(trainer.train)
+    result = train()
     return {"train_s": result.metrics["train_runtime"], "bf16": args.bf16,
-            "gradient_checkpointing": args.gradient_checkpointing}
+            "gradient_checkpointing": args.gradient_checkpointing, **phases}
 
 
 def worker(ns) -> None:
     work = Path(ns.work)
     rows = json.loads((work / f"pairs-{ns.pairs}.json").read_text())
-    rec = arm_align_kit(ns.stage, work, ns.pairs) if ns.worker == "align_kit" else arm_trl(ns.stage, work, rows)
-    rec.update(bench=ns.stage, family="llama", arm=ns.worker, pairs=len(rows), pairs_per_s=len(rows) / rec["train_s"])
+    if ns.worker == "align_kit":
+        rec = arm_align_kit(ns.stage, work, ns.pairs, ns.set)
+    else:
+        rec = arm_trl(ns.stage, work, rows)
+    rec.update(bench=ns.stage, family="llama", arm=ns.label or ns.worker, pairs=len(rows), pairs_per_s=len(rows) / rec["train_s"])
     common.emit(rec)
+
+
+def parse_arms(text: str) -> dict[str, tuple[str, list[str]]]:
+    """Arm name -> (worker arm, align_kit recipe overrides).
+
+    >>> parse_arms("align_kit,trl,ak_gc=model.gradient_checkpointing=true;trainer.bf16=false")["ak_gc"]
+    ('align_kit', ['model.gradient_checkpointing=true', 'trainer.bf16=false'])
+    """
+    arms = {}
+    for item in filter(None, (a.strip() for a in text.split(","))):
+        name, _, sets = item.partition("=")
+        if sets:
+            arms[name] = ("align_kit", sets.split(";"))
+        elif name in ARMS:
+            arms[name] = (name, [])
+        else:
+            raise SystemExit(f"--arms: unknown arm {name!r} (valid: {', '.join(ARMS)} or NAME=KEY=VALUE)")
+    return arms
 
 
 def main(argv=None, stage: str = "dpo") -> list[dict]:
@@ -97,16 +137,24 @@ def main(argv=None, stage: str = "dpo") -> list[dict]:
     p.add_argument("--stage", default=stage, choices=["dpo", "reward"])
     p.add_argument("--pairs", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--arms", default=",".join(ARMS),
+                   help="comma-separated; 'NAME=KEY=VALUE;KEY=VALUE' adds an align_kit arm with recipe overrides, "
+                        "e.g. 'ak_nogc=model.gradient_checkpointing=false'")
+    p.add_argument("--set", action="append", default=[], help=argparse.SUPPRESS)  # worker: recipe overrides
+    p.add_argument("--label", help=argparse.SUPPRESS)
     p.add_argument("--worker", choices=ARMS)
     p.add_argument("--work")
     ns = p.parse_args(argv)
     if ns.worker:
         return worker(ns)
     work = prepare(ns.pairs)
+    arms = parse_arms(ns.arms)
     records = []
-    for _, arm in common.interleaved(list(ARMS), ns.repeats):
+    for _, arm in common.interleaved(list(arms), ns.repeats):
+        worker_arm, overrides = arms[arm]
         rec = common.run_worker(Path(__file__).with_name("bench_dpo.py"),
-                                ["--worker", arm, "--stage", ns.stage, "--work", str(work), "--pairs", str(ns.pairs)])
+                                ["--worker", worker_arm, "--label", arm, "--stage", ns.stage, "--work", str(work),
+                                 "--pairs", str(ns.pairs), *[f"--set={o}" for o in overrides]])
         print(json.dumps(rec), flush=True)
         records.append(rec)
     common.print_table(common.summarise(records, "pairs_per_s"), "pairs/s", baseline_arm="trl")

@@ -33,6 +33,12 @@ def trainer_defaults(recipe) -> dict:
     }
     if d["gradient_checkpointing"]:
         d["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
+    if recipe.stage == "reward" and not cuda and not {"per_device_train_batch_size", "gradient_accumulation_steps"} & set(t):
+        # RewardConfig's step of 8 pairs as 4 micro-batches of 2 pairs, each padded to its own longest sequence:
+        # the same gradient (TRL's reward loss is a mean over pairs and the Trainer divides each micro-batch's
+        # by 4), a quarter of the activations and less padding. On the benchmark this took the peak from 1.7 GB
+        # (above TRL's defaults with their checkpointing and bf16) to 0.9 GB, without recomputation.
+        d["per_device_train_batch_size"], d["gradient_accumulation_steps"] = 2, 4
     return d
 
 
