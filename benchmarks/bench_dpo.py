@@ -7,12 +7,17 @@ loop (``train_runtime``) and the process's peak RSS.
 
 - ``align_kit``: the stage's ``run`` on a recipe that sets only the learning rate (TRL's default), one
   epoch and no checkpoints: align_kit's defaults otherwise (fp32 on CPU, no gradient checkpointing; DPO's
-  reference is a frozen copy, as TRL's default makes).
+  reference is a frozen copy, as TRL's default makes; DPO runs TRL's chunked log-prob head with 512-token
+  tiles on CPU; reward trains each 8-pair step as 4 micro-batches of 2 pairs on CPU).
+- ``--arms 'NAME=KEY=VALUE;KEY=VALUE'`` adds align_kit arms with recipe overrides, to measure one setting at
+  a time (``trainer.per_device_train_batch_size=8``, ``model.gradient_checkpointing=true``,
+  ``dpo.logprob_token_tile=0``). Each record also holds the peak RSS before and after training.
 - ``trl``: ``DPOTrainer`` / ``RewardTrainer`` with their config's defaults; only ``use_cpu=True`` on CPU
   (the config refuses to build without it), which leaves ``bf16=True`` and ``gradient_checkpointing=True``.
 
     python benchmarks/bench_dpo.py              # DPO pairs/s
     python benchmarks/bench_reward.py           # reward-model pairs/s
+    python benchmarks/bench_dpo.py --arms 'align_kit,trl,align_kit_trl_tile=dpo.logprob_token_tile=0'
 """
 
 from __future__ import annotations

@@ -238,10 +238,37 @@ def _share(diffs: list[float]) -> float:
     return sum(1.0 if d > 0 else 0.5 if d == 0 else 0.0 for d in diffs) / max(len(diffs), 1)
 
 
+def logit_batches(lengths: list[int], vocab: int, budget: int, max_rows: int = 32) -> list[tuple[int, int]]:
+    """Consecutive ``(start, end)`` row ranges whose padded logits (rows x longest x vocab) fit in ``budget``
+    floats; a row longer than the budget gets a batch of its own.
+
+    >>> logit_batches([10, 10, 30, 5], vocab=100, budget=4000)
+    [(0, 2), (2, 3), (3, 4)]
+    """
+    batches, start = [], 0
+    while start < len(lengths):
+        end, width = start + 1, lengths[start]
+        while end < len(lengths) and end - start < max_rows:
+            wider = max(width, lengths[end])
+            if (end - start + 1) * wider * vocab > budget:
+                break
+            end, width = end + 1, wider
+        batches.append((start, end))
+        start = end
+    return batches
+
+
+# Floats of logits per evaluation forward (256 MiB in float32). The held-out log-probs need the full
+# [rows x length x vocabulary] logits of a plain forward: 32 pairs of 800 tokens at a 32,000 vocabulary
+# would be 3.3 GB, plus as much again for the log-softmax, far above the training step's peak.
+EVAL_LOGIT_BUDGET = 2**26
+
+
 def completion_logps(model, tokenizer, prompts: list[list[dict]], completions: list[list[dict]],
-                     batch_size: int = 32) -> list[float]:
+                     batch_size: int = 32, logit_budget: int = EVAL_LOGIT_BUDGET) -> list[float]:
     """Sum of log pi(token) over each completion's tokens, tokenised as TRL's DPOTrainer does: the
-    completion starts where the templated prompt (with generation prompt) and prompt+completion diverge."""
+    completion starts where the templated prompt (with generation prompt) and prompt+completion diverge.
+    Rows go through the model in batches of at most ``batch_size`` whose logits fit in ``logit_budget``."""
     import torch
 
     seqs = []
@@ -252,12 +279,13 @@ def completion_logps(model, tokenizer, prompts: list[list[dict]], completions: l
         start = next((i for i, (a, b) in enumerate(zip(p_ids, full)) if a != b), min(len(p_ids), len(full)))
         seqs.append((full, start))
     device = next(model.parameters()).device
+    vocab = model.get_output_embeddings().weight.shape[0]
     out: list[float] = []
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        for i in range(0, len(seqs), batch_size):
-            chunk = seqs[i:i + batch_size]
+        for i, j in logit_batches([len(s) for s, _ in seqs], vocab, logit_budget, batch_size):
+            chunk = seqs[i:j]
             width = max(len(s) for s, _ in chunk)
             ids = torch.tensor([s + [tokenizer.pad_token_id] * (width - len(s)) for s, _ in chunk], device=device)
             mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s, _ in chunk], device=device)
@@ -265,7 +293,9 @@ def completion_logps(model, tokenizer, prompts: list[list[dict]], completions: l
             target = torch.tensor([[1 if start <= t < len(s) else 0 for t in range(1, width)] for s, start in chunk],
                                   device=device)
             logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-            logp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+            # the target's logit minus the log-normaliser: one logits-sized temporary, not a full log-softmax
+            logp = logits.gather(-1, ids[:, 1:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+            del logits
             out += (logp * target).sum(-1).tolist()
     model.train(was_training)
     return out

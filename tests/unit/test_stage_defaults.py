@@ -118,3 +118,21 @@ def test_small_logprob_tiles_keep_trl_log_probs_and_gradients():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     with dpo.logprob_tiles(0, torch.device("cpu")):
         assert kernel.TOKEN_CHUNK_SIZE == 4096  # 0 keeps TRL's own tile
+
+
+def test_eval_log_probs_do_not_depend_on_the_logit_budget():
+    from align_kit.data.sources import load_data
+    from align_kit.models import load_model, load_tokenizer
+
+    r = recipe("dpo")
+    tok = load_tokenizer(r.model)
+    torch.manual_seed(0)
+    model = load_model(r.model, tok)
+    pairs = load_data(r.data, "preference").train[:6]
+    prompts, chosen = [p["prompt"] for p in pairs], [p["chosen"] for p in pairs]
+    batched = dpo.completion_logps(model, tok, prompts, chosen)  # one padded forward of all 6 rows
+    one_by_one = dpo.completion_logps(model, tok, prompts, chosen, logit_budget=1)  # 6 unpadded forwards
+    assert len(batched) == 6 and max(batched) < -1.0
+    assert one_by_one == pytest.approx(batched, rel=1e-5, abs=1e-4)
+    assert dpo.logit_batches([7, 9, 8], vocab=10, budget=1) == [(0, 1), (1, 2), (2, 3)]
+    assert dpo.logit_batches([7, 9, 8], vocab=10, budget=10**6, max_rows=2) == [(0, 2), (2, 3)]
