@@ -11,8 +11,12 @@ SPECIALS = ["<pad>", "<unk>", "<|begin_of_text|>", "<|eot_id|>", "<|start_header
             "<|end_of_text|>"]
 CHARS = sorted(set(string.printable) - set("\x0b\x0c\r\t"))  # 96 printable characters incl. space and \n
 
-TINY = dict(hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=256, rope_theta=10000.0, tie_word_embeddings=True)
+# Measured on the quickstart tasks (12 SFT epochs, 200 held-out prompts): at width 64 with 2 KV heads (0.1M
+# parameters) the model never learnt to copy a letter (last letter 0.16, uppercase 0.00); at width 128 with a
+# full KV head per query head it copies the last letter (1.00 in 2 of 2 seeds) and starts upper-casing
+# (0.02-0.30). A third layer did not help at 8 epochs (0.535 vs 0.74 overall) and costs a third more time.
+TINY = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=4, max_position_embeddings=256, rope_theta=10000.0, tie_word_embeddings=True)
 
 
 def build_tokenizer():
@@ -36,7 +40,7 @@ def build_tokenizer():
 
 
 def build_model(tokenizer, head: str = "causal_lm", attn_implementation: str = "sdpa", seed: int = 0, **overrides):
-    """A randomly initialised (seeded) Llama with ``TINY`` dimensions: ~0.1M parameters."""
+    """A randomly initialised (seeded) Llama with ``TINY`` dimensions: ~0.44M parameters."""
     from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
     cfg = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,

@@ -69,10 +69,8 @@ def test_reward_model_ranks_held_out_pairs(quickstart):
     ev = _evals(quickstart, "reward")
     print(f"reward model on {ev['pairs']} held-out pairs: accuracy {ev['accuracy']:.3f} "
           f"(longer answer {ev['length_baseline_accuracy']:.3f}), ECE {ev['ece']:.3f}")
-    # Issue 4 asks for 0.9; the tiny reward model reaches 0.81-0.88 (last-letter pairs near chance), so CI
-    # holds it to the pipeline gate and far above both chance and the longer-answer baseline.
-    assert ev["pairs"] == 200 and ev["accuracy"] >= 0.75
-    assert ev["accuracy"] > ev["length_baseline_accuracy"] + 0.15
+    assert ev["pairs"] == 200 and ev["accuracy"] >= 0.9  # issue 4's bar (recipes/tiny/reward.yaml: measured)
+    assert ev["accuracy"] > ev["length_baseline_accuracy"] + 0.25
 
 
 def test_dpo_beats_sft(quickstart):
@@ -81,18 +79,19 @@ def test_dpo_beats_sft(quickstart):
     print(f"DPO: likelihood accuracy {before['likelihood_accuracy']:.3f} -> {after['likelihood_accuracy']:.3f}, "
           f"log-ratio accuracy 0.5 -> {after['logratio_accuracy']:.3f}, "
           f"verifier {before['verifier_accuracy']:.3f} -> {after['verifier_accuracy']:.3f}")
-    assert after["logratio_accuracy"] > 0.5
-    assert after["likelihood_accuracy"] > before["likelihood_accuracy"]
-    # The greedy-answer gain is small (0.55 -> 0.565 measured): CI asserts DPO does not lose accuracy.
-    assert after["verifier_accuracy"] >= before["verifier_accuracy"]
+    # Issue 4's preference accuracy is the log-ratio one: chosen above rejected relative to the reference, 0.5
+    # (all ties) before training. The plain likelihood ranking of the SFT model is already near 1.0.
+    assert after["logratio_accuracy"] > 0.8
+    assert after["likelihood_accuracy"] >= before["likelihood_accuracy"]
+    assert after["verifier_accuracy"] > before["verifier_accuracy"]
 
 
 def test_ppo_raises_reward_within_the_kl_limit(quickstart):
     """PPO raises the reward model's mean score on held-out prompts with the KL below the recipe's limit.
 
-    Not asserted, because it does not hold yet: the verifier's accuracy. The 0.1M-parameter reward model
-    (held-out accuracy ~0.85, last-letter pairs near chance) is over-optimised and greedy accuracy falls
-    (0.55 -> 0.50 measured); see recipes/tiny/ppo.yaml."""
+    Not asserted, because it does not hold: the verifier's accuracy. The reward model ranks one-edit uppercase
+    mistakes right only ~76% of the time and PPO drifts to the ones it cannot tell apart (SFT 0.945 -> PPO
+    0.855 measured, all of it on uppercase); see recipes/tiny/ppo.yaml."""
     from align_kit.config import load_recipe
 
     ev = _evals(quickstart, "ppo")
@@ -103,5 +102,6 @@ def test_ppo_raises_reward_within_the_kl_limit(quickstart):
     print(f"PPO: reward {before['reward_mean']:+.3f} -> {after['reward_mean']:+.3f}, verifier "
           f"{before['verifier_accuracy']:.3f} -> {after['verifier_accuracy']:.3f}, max KL "
           f"{max(r['kl'] for r in logs):.3f} (limit {limit})")
+    assert before["prompts"] == after["prompts"] == 200
     assert after["reward_mean"] > before["reward_mean"]
     assert max(r["kl"] for r in logs) < limit
