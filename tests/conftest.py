@@ -38,6 +38,18 @@ def shared() -> Path:
     return SHARED
 
 
+def _quickstart_inputs_hash() -> str:
+    import hashlib
+
+    repo = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    files = sorted([*repo.glob("align_kit/**/*.py"), *repo.glob("align_kit/quickstart/*.jsonl"),
+                    *repo.glob("align_kit/templates/*"), *repo.glob("recipes/tiny/*.yaml")])
+    for f in files:
+        digest.update(f.relative_to(repo).as_posix().encode() + f.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 @pytest.fixture(scope="session")
 def quickstart(tmp_path_factory) -> Path:
     """The quickstart pipeline (SFT -> reward -> DPO -> PPO on the builtin model), run once per test session
@@ -46,7 +58,9 @@ def quickstart(tmp_path_factory) -> Path:
 
     from align_kit.pipeline import run_pipeline
 
-    root = tmp_path_factory.getbasetemp().parent / "quickstart"
+    # Shared between the xdist workers of one session; keyed by the code, recipes and data that produce it, so
+    # a run without xdist (whose base temp's parent outlives the session) never reads a stale pipeline.
+    root = tmp_path_factory.getbasetemp().parent / f"quickstart-{_quickstart_inputs_hash()}"
     with FileLock(str(root) + ".lock"):
         if not (root / "pipeline.json").exists() or not (root / "ppo" / "model").exists():
             run_pipeline(Path(__file__).resolve().parents[1] / "recipes/tiny/pipeline.yaml", output_dir=str(root))

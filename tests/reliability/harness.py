@@ -1,7 +1,7 @@
 """Kill-and-resume harness shared by ``test_kill_resume.py`` (a short CI version) and
 ``benchmarks/kill_resume.py`` (ten or more random kill points).
 
-Each stage runs as a real ``python -m align_kit train`` subprocess on tiny recipes (the builtin 0.1M Llama,
+Each stage runs as a real ``python -m align_kit train`` subprocess on tiny recipes (the builtin 0.44M Llama,
 8 optimiser steps, a checkpoint every 2). A kill point is a checkpoint step ``k`` and a delay ``d``: once
 ``checkpoint-k`` (or PPO's ``checkpoint-k.tmp``) starts to appear the harness waits ``d`` seconds and sends
 SIGKILL, so kills land while a checkpoint is being written as well as between checkpoints. The same command
