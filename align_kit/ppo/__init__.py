@@ -9,7 +9,8 @@ Read in this order:
   two bases carrying LoRA adapters.
 - ``rollout.py``: sampling, cutting at the stop token, scoring, per-token log-probs and values.
 - ``loop.py``: one PPO step is rollout -> per-token rewards (score - beta * KL) -> GAE -> ``ppo_epochs``
-  passes of clipped updates over minibatches; checkpoints (``checkpoint.py``), resume and guards.
+  passes of clipped updates over minibatches (plus, with ``ptx_coef > 0``, InstructGPT's SFT loss on
+  demonstrations); checkpoints (``checkpoint.py``), resume and guards.
 - ``config.py``: every setting with a one-line reason; ``evaluate.py``: the before/after numbers.
 
 The stage wrapper that reads a recipe is ``align_kit/stages/ppo.py``.

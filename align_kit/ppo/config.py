@@ -60,6 +60,7 @@ class PPOConfig:
     clip_range_value: float = 0.2  # value clip epsilon (reward units)
     vf_coef: float = 0.1  # value-loss weight in the combined loss
     entropy_coef: float = 0.0  # entropy bonus weight (subtracted from the loss)
+    ptx_coef: float = 0.0  # PPO-ptx (InstructGPT): weight of an SFT loss on demonstrations added per minibatch
     approx_kl_estimator: str = "k3"  # logged approx KL(old||new): "k3" or "sq" (0.5 * logratio^2)
     # --- logging and checkpoints
     logging_steps: int = 1  # log metrics every N steps
@@ -97,6 +98,8 @@ class PPOConfig:
             raise ConfigError("ppo: clip_range and clip_range_value must be positive")
         if self.kl_limit is not None and self.kl_limit <= 0:
             raise ConfigError(f"ppo: kl_limit {self.kl_limit} must be positive (or null for no limit)")
+        if self.ptx_coef < 0:
+            raise ConfigError(f"ppo: ptx_coef {self.ptx_coef} must be >= 0 (0 turns PPO-ptx off)")
         if self.memory_mode == "lora" and self.critic_init != "reward":
             raise ConfigError("ppo: memory_mode 'lora' shares one base between critic and reward model, "
                               "so critic_init must be 'reward'")

@@ -29,7 +29,14 @@ from align_kit.ppo.advantages import masked_mean
 from align_kit.ppo.config import PPOConfig
 from align_kit.ppo.experience import Experience
 from align_kit.ppo.kl import AdaptiveKLController, FixedKLController, kl_per_token
-from align_kit.ppo.losses import entropy_from_logits, explained_variance, logprobs_of, policy_loss, value_loss
+from align_kit.ppo.losses import (
+    entropy_from_logits,
+    explained_variance,
+    logprobs_of,
+    policy_loss,
+    ptx_loss,
+    value_loss,
+)
 from align_kit.ppo.modelset import PPOModels, causal_logits, load_trainable_state, trainable_state
 from align_kit.ppo.rollout import add_advantages, generate, score_responses
 
@@ -53,16 +60,46 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
     return ids, mask
 
 
+def right_pad_demos(demos: list[tuple[list[int], int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(B, L)`` ids, attention mask and labels of demonstrations given as ``(token ids, prompt length)``:
+    padded on the right, with the prompt and the padding labelled ``-100`` (no loss there).
+
+    >>> ids, mask, labels = right_pad_demos([([5, 6, 7], 2), ([8, 9], 1)], 0)
+    >>> ids.tolist(), mask.tolist(), labels.tolist()
+    ([[5, 6, 7], [8, 9, 0]], [[1, 1, 1], [1, 1, 0]], [[-100, -100, 7], [-100, 9, -100]])
+    """
+    width = max(len(ids) for ids, _ in demos)
+    ids = torch.tensor([list(d) + [pad_id] * (width - len(d)) for d, _ in demos], dtype=torch.long)
+    mask = torch.tensor([[1] * len(d) + [0] * (width - len(d)) for d, _ in demos], dtype=torch.long)
+    labels = torch.tensor([[-100] * n + list(d[n:]) + [-100] * (width - len(d)) for d, n in demos],
+                          dtype=torch.long)
+    return ids, mask, labels
+
+
 class PPOTrainer:
-    """Trains ``models.policy`` (and the critic) with PPO on ``prompts`` (token-id lists, chat template applied)."""
+    """Trains ``models.policy`` (and the critic) with PPO on ``prompts`` (token-id lists, chat template applied).
+
+    ``demonstrations`` (``(token ids, prompt length)`` pairs: a prompt and its reference answer) feed the
+    PPO-ptx term when ``cfg.ptx_coef > 0``: each policy minibatch also takes ``mini_batch_size`` of them
+    and adds ``ptx_coef`` times their SFT loss (the answer tokens only).
+    """
 
     def __init__(self, cfg: PPOConfig, models: PPOModels, tokenizer, prompts: list[list[int]], output_dir,
-                 accelerator=None, stop_token_ids: list[int] | None = None):
+                 accelerator=None, stop_token_ids: list[int] | None = None,
+                 demonstrations: list[tuple[list[int], int]] | None = None):
         from accelerate import Accelerator
 
         if not prompts:
             raise AlignKitError("ppo: no prompts to train on")
+        if cfg.ptx_coef > 0 and not demonstrations:
+            raise AlignKitError("ppo: ptx_coef > 0 needs demonstrations (prompt + reference answer) for the "
+                                "SFT term; none were given")
+        for i, (ids, prompt_len) in enumerate(demonstrations or []):
+            if not 0 < prompt_len < len(ids):
+                raise AlignKitError(f"ppo: demonstration {i} has {len(ids)} tokens and a {prompt_len}-token prompt; "
+                                    "expected at least one answer token after the prompt")
         self.cfg, self.models, self.tokenizer, self.prompts = cfg, models, tokenizer, prompts
+        self.demonstrations = demonstrations or []
         self.output_dir = Path(output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.acc = accelerator or Accelerator()
@@ -177,6 +214,9 @@ class PPOTrainer:
         prompt_len, size = exp.query_ids.shape[1], cfg.mini_batch_size
         sums: dict[str, float] = {}
         count = 0
+        # demonstrations for the PPO-ptx term: drawn from a generator seeded by the step and the process, so a
+        # resumed run draws the same rows without storing any data-loader state
+        ptx_draw = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step_done * 101 + acc.process_index)
         for _ in range(cfg.ppo_epochs):
             order = torch.randperm(len(exp))
             for update in range(cfg.updates_per_epoch):
@@ -185,6 +225,12 @@ class PPOTrainer:
                     first = (update * cfg.gradient_accumulation_steps + micro) * size
                     mb = exp.select(order[first:first + size].to(exp.query_ids.device))
                     last = micro == cfg.gradient_accumulation_steps - 1
+                    if cfg.ptx_coef > 0:
+                        with acc.no_sync(self.policy):  # its gradient is reduced with the PPO loss's below
+                            ptx = self._ptx_loss(ptx_draw)
+                            finite &= bool(torch.isfinite(ptx))
+                            acc.backward(cfg.ptx_coef * ptx / cfg.gradient_accumulation_steps)
+                        sums["ptx_loss"] = sums.get("ptx_loss", 0.0) + ptx.item()
                     with contextlib.ExitStack() as stack:
                         if not last:  # all-reduce gradients once per optimiser step, not per minibatch
                             stack.enter_context(acc.no_sync(self.policy))
@@ -222,6 +268,14 @@ class PPOTrainer:
                  "approx_kl": pg.approx_kl.item(), "entropy": entropy.item(), "value_clip_fraction":
                  vl.clip_fraction.item()}
         return loss, parts
+
+    def _ptx_loss(self, draw: torch.Generator) -> torch.Tensor:
+        """SFT loss of ``mini_batch_size`` demonstrations drawn with ``draw`` (answer tokens only)."""
+        rows = torch.randint(len(self.demonstrations), (self.cfg.mini_batch_size,), generator=draw).tolist()
+        ids, mask, labels = right_pad_demos([self.demonstrations[i] for i in rows], self.pad_id)
+        device = self.acc.device
+        logits = causal_logits(self.policy, ids.to(device), mask.to(device))
+        return ptx_loss(logits, labels.to(device))
 
     # ---- guards and logging ----------------------------------------------------------------------------
 

@@ -124,6 +124,29 @@ def entropy_from_logits(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
     return masked_mean(entropy, mask)
 
 
+def ptx_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over labelled tokens: InstructGPT's "PPO-ptx" term, a language-modelling
+    loss on demonstrations mixed into the policy update so RL does not wear away what SFT taught.
+
+    Args:
+        logits: ``(B, L, V)`` policy logits at every position of the demonstration rows.
+        labels: ``(B, L)`` token ids, ``-100`` where there is no loss (the prompt, padding). The logits at
+            position ``i`` predict ``labels[:, i + 1]``.
+
+    Returns:
+        A scalar: the mean negative log-likelihood (nats) of the labelled tokens.
+
+    >>> logits = torch.zeros(1, 3, 4); logits[0, 1, 2] = 10.0   # position 1 is sure of token 2
+    >>> round(ptx_loss(logits, torch.tensor([[-100, -100, 2]])).item(), 4)   # only label 2 counts
+    0.0001
+    >>> round(ptx_loss(torch.zeros(1, 3, 4), torch.tensor([[-100, 1, 2]])).item(), 6)   # uniform: log 4
+    1.386294
+    """
+    logits, targets = logits[:, :-1].float(), labels[:, 1:]
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                             ignore_index=-100)
+
+
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``1 - Var(returns - values) / Var(returns)`` over real tokens: 1 = perfect critic, 0 = a constant.
 

@@ -4,7 +4,9 @@
 ``model`` is the SFT checkpoint (the stage folder or its ``model/``), ``ppo.reward_model`` the reward
 stage's output. ``data`` gives prompts: conversations (the final assistant turn is dropped) or
 preference pairs (their prompt). A ``peft:`` block selects and configures LoRA mode; a
-``quantization:`` block loads the frozen parts (the shared bases in LoRA mode) in 4-bit. Before and
+``quantization:`` block loads the frozen parts (the shared bases in LoRA mode) in 4-bit. With
+``trainer.ptx_coef > 0`` the same rows' answers (a conversation's last turn, a pair's chosen answer) are
+the demonstrations of the PPO-ptx term. Before and
 after training the held-out prompts are answered greedily and scored; ``eval.json`` holds both.
 """
 
@@ -95,6 +97,38 @@ def encode_prompts(rows: list[dict], tokenizer, kind: str, max_len: int) -> tupl
     return ids, texts
 
 
+def encode_demonstrations(rows: list[dict], tokenizer, kind: str, max_len: int) -> list[tuple[list[int], int]]:
+    """``(token ids, prompt length)`` per row for the PPO-ptx term: the prompt with the generation prompt
+    appended, then the reference answer (a conversation's last assistant turn, or a pair's chosen answer).
+
+    Rows longer than ``max_len`` tokens are dropped and counted in the log. A template whose rendering of the
+    whole conversation does not start with its rendering of the prompt cannot mark the answer tokens, so that
+    is an error naming the row.
+    """
+    demos, dropped = [], 0
+    for i, row in enumerate(rows):
+        if kind == "conversations":
+            prompt, answer = row["messages"][:-1], row["messages"][-1:]
+        else:
+            prompt, answer = row["prompt"], row["chosen"]
+        head = tokenizer(tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True),
+                         add_special_tokens=False).input_ids
+        full = tokenizer(tokenizer.apply_chat_template(prompt + answer, tokenize=False),
+                         add_special_tokens=False).input_ids
+        if full[: len(head)] != head or len(full) == len(head):
+            raise ConfigError(f"ppo: row {i}: the chat template renders the prompt differently inside the whole "
+                              "conversation, so its answer tokens cannot be marked for the ptx loss; set "
+                              "trainer.ptx_coef: 0 or use a template that renders prompts as prefixes")
+        if len(full) > max_len:
+            dropped += 1
+            continue
+        demos.append((full, len(head)))
+    if dropped:
+        log.warning("ppo: %d of %d demonstrations are longer than %d tokens and were left out of the ptx term",
+                    dropped, len(rows), max_len)
+    return demos
+
+
 def run(recipe) -> Path:
     from accelerate import Accelerator
 
@@ -130,7 +164,10 @@ def run(recipe) -> Path:
                           pad_token_id=tokenizer.pad_token_id)
     run_info = start_run(recipe, data, extra={"train_prompts": len(train_ids), "eval_prompts": len(eval_ids)})
     verify = load_callable(opts.verifier) if opts.verifier else None
-    trainer = PPOTrainer(cfg, models, tokenizer, train_ids, out, accelerator=acc, stop_token_ids=stops)
+    demos = (encode_demonstrations(data.train, tokenizer, opts.prompts_from, opts.max_prompt_length + cfg.max_new_tokens)
+             if cfg.ptx_coef > 0 else None)
+    trainer = PPOTrainer(cfg, models, tokenizer, train_ids, out, accelerator=acc, stop_token_ids=stops,
+                         demonstrations=demos)
 
     def evaluate() -> dict:
         if not eval_ids or not acc.is_main_process:

@@ -28,7 +28,9 @@ PROMPTS = ["Add 3 and 4.", "Reverse: abc", "Uppercase: xyz", "Sort the letters: 
 def run(cfg, sft, rm, out, acc, tok):
     models = build_models(cfg, sft, rm, pad_token_id=tok.pad_token_id)
     start = torch.cat([p.detach().flatten() for p in models.policy.parameters()]).clone()
-    trainer = PPOTrainer(cfg, models, tok, [tok(p).input_ids for p in PROMPTS], out, accelerator=acc)
+    demos = [(tok(p).input_ids + tok("ok", add_special_tokens=False).input_ids, len(tok(p).input_ids)) for p in PROMPTS]
+    trainer = PPOTrainer(cfg, models, tok, [tok(p).input_ids for p in PROMPTS], out, accelerator=acc,
+                         demonstrations=demos)
     resumed_at = trainer.step_done
     trainer.train()
     flat = torch.cat([p.detach().flatten() for p in acc.unwrap_model(trainer.policy).parameters()])
@@ -42,7 +44,7 @@ def main(sft: str, rm: str, out: str) -> None:
     tok = AutoTokenizer.from_pretrained(sft)
     cfg = PPOConfig(steps=4, save_steps=2, batch_size=2, mini_batch_size=1, gradient_accumulation_steps=2,
                     ppo_epochs=1, max_new_tokens=5, learning_rate=3e-3, critic_learning_rate=3e-3,
-                    sample_steps=4, save_total_limit=None)
+                    sample_steps=4, save_total_limit=None, ptx_coef=0.5)  # ptx on: its draws must resume too
     full, start, _, steps = run(cfg, sft, rm, Path(out) / "full", acc, tok)
     # a run killed while writing checkpoint-4: only checkpoint-2 and a half-written .tmp remain
     if acc.is_main_process:

@@ -72,7 +72,8 @@ def make_cfg(**kw) -> PPOConfig:
 def trainer_for(cfg, ckpts, tokenizer, out) -> PPOTrainer:
     models = build_models(cfg, str(ckpts[0]), str(ckpts[1]), pad_token_id=tokenizer.pad_token_id)
     prompts = [tokenizer(p).input_ids for p in PROMPTS]
-    return PPOTrainer(cfg, models, tokenizer, prompts, out)
+    demos = demonstrations(tokenizer) if cfg.ptx_coef > 0 else None
+    return PPOTrainer(cfg, models, tokenizer, prompts, out, demonstrations=demos)
 
 
 def trained(model) -> dict[str, torch.Tensor]:
@@ -182,8 +183,81 @@ def test_lora_mode_on_4bit_bases(ckpts, tokenizer, tmp_path):
     assert (tmp_path / "model" / "adapter_config.json").exists()  # a 4-bit base is not merged
 
 
+def demonstrations(tokenizer) -> list[tuple[list[int], int]]:
+    """Each prompt of PROMPTS with a fixed answer, as (token ids, prompt length) for the PPO-ptx term."""
+    demos = []
+    for prompt in PROMPTS:
+        head = tokenizer(prompt).input_ids
+        demos.append((head + tokenizer("ok", add_special_tokens=False).input_ids + [tokenizer.eos_token_id], len(head)))
+    return demos
+
+
+def demo_nll(policy, demos, pad_id) -> float:
+    from align_kit.ppo.loop import right_pad_demos
+    from align_kit.ppo.losses import ptx_loss
+
+    ids, mask, labels = right_pad_demos(demos, pad_id)
+    with torch.no_grad():
+        return ptx_loss(causal_logits(policy, ids, mask), labels).item()
+
+
+def test_ptx_term_pulls_the_policy_towards_the_demonstrations(ckpts, tokenizer, tmp_path):
+    """PPO-ptx: with the SFT term on, the demonstrations' NLL falls; with it off (same seeds) it does not fall
+    as far. The term is logged, and a run asking for it without demonstrations is refused."""
+    from align_kit.errors import AlignKitError
+
+    demos = demonstrations(tokenizer)
+    start = demo_nll(AutoCausalLM(ckpts[0]), demos, tokenizer.pad_token_id)
+    after = {}
+    for coef in (0.0, 1.0):
+        cfg = make_cfg(steps=2, ptx_coef=coef)
+        models = build_models(cfg, str(ckpts[0]), str(ckpts[1]), pad_token_id=tokenizer.pad_token_id)
+        trainer = PPOTrainer(cfg, models, tokenizer, [tokenizer(p).input_ids for p in PROMPTS], tmp_path / str(coef),
+                             demonstrations=demos)
+        trainer.train()
+        after[coef] = demo_nll(models.policy, demos, tokenizer.pad_token_id)
+        logs = [json.loads(line) for line in (tmp_path / str(coef) / "ppo_log.jsonl").read_text().splitlines()]
+        assert ("ptx_loss" in logs[0]) == (coef > 0)
+    assert after[1.0] < start - 0.5 and after[1.0] < after[0.0] - 0.5, (start, after)
+    models = build_models(make_cfg(), str(ckpts[0]), str(ckpts[1]), pad_token_id=tokenizer.pad_token_id)
+    with pytest.raises(AlignKitError, match="ptx_coef > 0 needs demonstrations"):
+        PPOTrainer(make_cfg(ptx_coef=0.5), models, tokenizer, [[1, 2]], tmp_path / "none")
+    with pytest.raises(AlignKitError, match="demonstration 1 has 3 tokens and a 3-token prompt"):
+        PPOTrainer(make_cfg(ptx_coef=0.5), models, tokenizer, [[1, 2]], tmp_path / "bad",
+                   demonstrations=[([1, 2, 3], 2), ([1, 2, 3], 3)])
+
+
+def test_demonstrations_label_exactly_the_answer_tokens():
+    """The stage's ptx rows: the loss falls on the answer and its end-of-turn token, nothing of the prompt."""
+    from align_kit.families import get_template
+    from align_kit.ppo.loop import right_pad_demos
+    from align_kit.quickstart.model import build_tokenizer
+    from align_kit.stages.ppo import encode_demonstrations
+
+    tok = build_tokenizer()
+    tok.chat_template = get_template("llama3").jinja
+    conv = {"messages": [{"role": "user", "content": "Uppercase: abc"}, {"role": "assistant", "content": "ABC"}]}
+    pair = {"prompt": conv["messages"][:1], "chosen": [{"role": "assistant", "content": "no"}],
+            "rejected": [{"role": "assistant", "content": "yes"}]}
+    eot = tok.convert_tokens_to_ids("<|eot_id|>")
+    for rows, kind, answer in (([conv], "conversations", "ABC"), ([pair], "preferences", "no")):
+        (ids, prompt_len), = encode_demonstrations(rows, tok, kind, max_len=64)
+        _, _, labels = right_pad_demos([(ids, prompt_len)], tok.pad_token_id)
+        labelled = [t for t in labels[0].tolist() if t != -100]
+        assert labelled == tok(answer, add_special_tokens=False).input_ids + [eot], kind
+        assert tok.decode(ids[:prompt_len]).endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
+    assert encode_demonstrations([conv], tok, "conversations", max_len=5) == []  # too long: left out, logged
+
+
+def AutoCausalLM(path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path).eval()
+
+
 def test_resume_is_bitwise_identical_and_skips_tmp(ckpts, tokenizer, tmp_path, caplog):
-    cfg = make_cfg(steps=4, save_steps=2, adaptive_kl=True, kl_target=0.01, kl_horizon=50)
+    # ptx on: the demonstrations drawn after the resume must be the ones the uninterrupted run drew
+    cfg = make_cfg(steps=4, save_steps=2, adaptive_kl=True, kl_target=0.01, kl_horizon=50, ptx_coef=0.5)
     full = trainer_for(cfg, ckpts, tokenizer, tmp_path / "full")
     full.train()
     # a run killed after checkpoint-2, while writing checkpoint-4
