@@ -87,11 +87,12 @@ def test_dpo_beats_sft(quickstart):
 
 
 def test_ppo_raises_reward_within_the_kl_limit(quickstart):
-    """PPO raises the reward model's mean score on held-out prompts with the KL below the recipe's limit.
+    """PPO-ptx raises the reward model's mean score on held-out prompts with the KL below the recipe's limit,
+    and the verifier's accuracy does not fall (plain PPO took it from 0.945 to 0.88, all on uppercase).
 
-    Not asserted, because it does not hold: the verifier's accuracy. The reward model ranks one-edit uppercase
-    mistakes right only ~76% of the time and PPO drifts to the ones it cannot tell apart (SFT 0.945 -> PPO
-    0.88 measured, all of it on uppercase); see recipes/tiny/ppo.yaml."""
+    Not asserted, because it does not hold: a verifier accuracy *above* the SFT model's (0.945 -> 0.945
+    measured). Even with the verifier itself as the reward, PPO does not lift the greedy uppercase answers;
+    see recipes/tiny/ppo.yaml for the runs."""
     from align_kit.config import load_recipe
 
     ev = _evals(quickstart, "ppo")
@@ -104,4 +105,6 @@ def test_ppo_raises_reward_within_the_kl_limit(quickstart):
           f"{max(r['kl'] for r in logs):.3f} (limit {limit})")
     assert before["prompts"] == after["prompts"] == 200
     assert after["reward_mean"] > before["reward_mean"]
+    assert after["verifier_accuracy"] >= before["verifier_accuracy"]
     assert max(r["kl"] for r in logs) < limit
+    assert all(r["ptx_loss"] < 1.0 for r in logs)  # the demonstrations stay well fitted
