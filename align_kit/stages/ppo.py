@@ -115,7 +115,10 @@ def encode_demonstrations(rows: list[dict], tokenizer, kind: str, max_len: int) 
                          add_special_tokens=False).input_ids
         full = tokenizer(tokenizer.apply_chat_template(prompt + answer, tokenize=False),
                          add_special_tokens=False).input_ids
-        if full[: len(head)] != head or len(full) == len(head):
+        if full[: len(head)] == head and len(full) == len(head):
+            raise ConfigError(f"ppo: row {i}: the answer renders to no tokens after the prompt; the ptx term needs "
+                              "a non-empty reference answer in every row")
+        if full[: len(head)] != head:
             raise ConfigError(f"ppo: row {i}: the chat template renders the prompt differently inside the whole "
                               "conversation, so its answer tokens cannot be marked for the ptx loss; set "
                               "trainer.ptx_coef: 0 or use a template that renders prompts as prefixes")
