@@ -1,5 +1,7 @@
 """Before/after numbers for a PPO run: greedy answers to held-out prompts, their mean reward-model score
-and, when the task has one, the share a verifier accepts."""
+and, when the task has one, the share a verifier accepts; optionally the same for sampled answers at the
+training temperature, which is the distribution PPO optimises (greedy decoding can hide its gains and
+its losses: sharpening a policy moves sampled accuracy long before it flips an argmax)."""
 
 from __future__ import annotations
 
@@ -15,8 +17,13 @@ from align_kit.ppo.rollout import cut_at_stop
 @torch.no_grad()
 def evaluate_policy(models: PPOModels, policy, critic, tokenizer, prompt_ids: list[list[int]],
                     prompt_texts: list[str] | None, stop_ids: list[int], max_new_tokens: int,
-                    verify: Callable[[str, str], bool] | None = None, batch_size: int = 32) -> dict:
+                    verify: Callable[[str, str], bool] | None = None, batch_size: int = 32,
+                    samples: int = 0, temperature: float = 1.0, seed: int = 0) -> dict:
     """Mean reward, verifier accuracy, ended share and mean length of greedy responses.
+
+    With ``samples > 0`` each prompt is also answered ``samples`` times by sampling at ``temperature``
+    (seeded, so before and after see the same random stream) and ``sampled_reward_mean`` and
+    ``sampled_verifier_accuracy`` are added.
 
     ``policy``/``critic`` are the unwrapped trained models (the reward model is read through ``models``,
     which in lora mode is the critic with its adapter off). ``prompt_texts[i]`` is what the verifier
@@ -25,12 +32,37 @@ def evaluate_policy(models: PPOModels, policy, critic, tokenizer, prompt_ids: li
     from transformers import GenerationConfig
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
-    gen_cfg = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=stop_ids,
-                               pad_token_id=pad, bos_token_id=None)
-    device = next(policy.parameters()).device
+    common = dict(max_new_tokens=max_new_tokens, eos_token_id=stop_ids, pad_token_id=pad, bos_token_id=None)
     was_training = policy.training
     policy.eval()
-    scores, correct, ended, lengths = [], [], [], []
+    texts = prompt_texts if verify is not None else None
+    greedy = _answer(models, policy, critic, tokenizer, prompt_ids, texts, stop_ids, pad, verify, batch_size,
+                     GenerationConfig(do_sample=False, **common))
+    n = max(len(greedy["scores"]), 1)
+    result = {"reward_mean": sum(greedy["scores"]) / n, "ended": sum(greedy["ended"]) / n,
+              "response_length": sum(greedy["lengths"]) / n, "prompts": len(greedy["scores"])}
+    if greedy["correct"]:
+        result["verifier_accuracy"] = sum(greedy["correct"]) / len(greedy["correct"])
+    if samples > 0:
+        with torch.random.fork_rng():  # evaluation must not shift the training run's random streams
+            torch.manual_seed(seed)
+            sampled = _answer(models, policy, critic, tokenizer, [p for p in prompt_ids for _ in range(samples)],
+                              None if texts is None else [t for t in texts for _ in range(samples)], stop_ids, pad,
+                              verify, batch_size, GenerationConfig(do_sample=True, temperature=temperature,
+                                                                   top_k=0, top_p=1.0, **common))
+        result["sampled_reward_mean"] = sum(sampled["scores"]) / max(len(sampled["scores"]), 1)
+        result["samples_per_prompt"] = samples
+        if sampled["correct"]:
+            result["sampled_verifier_accuracy"] = sum(sampled["correct"]) / len(sampled["correct"])
+    policy.train(was_training)
+    return result
+
+
+def _answer(models: PPOModels, policy, critic, tokenizer, prompt_ids: list[list[int]], prompt_texts: list[str] | None,
+            stop_ids: list[int], pad: int, verify, batch_size: int, gen_cfg) -> dict[str, list]:
+    """Generate with ``gen_cfg`` and collect per-answer reward scores, ended flags, lengths and verdicts."""
+    device = next(policy.parameters()).device
+    got: dict[str, list] = {"scores": [], "ended": [], "lengths": [], "correct": []}
     for start in range(0, len(prompt_ids), batch_size):
         ids, mask = left_pad(prompt_ids[start:start + batch_size], pad)
         ids, mask = ids.to(device), mask.to(device)
@@ -39,16 +71,10 @@ def evaluate_policy(models: PPOModels, policy, critic, tokenizer, prompt_ids: li
         full_ids, full_mask = torch.cat([ids, resp], 1), torch.cat([mask, resp_mask], 1)
         head = models.reward_forward(critic, full_ids, full_mask)
         last = ids.shape[1] - 1 + resp_mask.sum(1)
-        scores += head.gather(1, last[:, None])[:, 0].tolist()
-        ended += has_stop.tolist()
-        lengths += resp_mask.sum(1).tolist()
+        got["scores"] += head.gather(1, last[:, None])[:, 0].tolist()
+        got["ended"] += has_stop.tolist()
+        got["lengths"] += resp_mask.sum(1).tolist()
         if verify is not None and prompt_texts is not None:
             texts = tokenizer.batch_decode(resp, skip_special_tokens=True)
-            correct += [bool(verify(p, r)) for p, r in zip(prompt_texts[start:start + batch_size], texts)]
-    policy.train(was_training)
-    n = max(len(scores), 1)
-    result = {"reward_mean": sum(scores) / n, "ended": sum(ended) / n, "response_length": sum(lengths) / n,
-              "prompts": len(scores)}
-    if correct:
-        result["verifier_accuracy"] = sum(correct) / len(correct)
-    return result
+            got["correct"] += [bool(verify(p, r)) for p, r in zip(prompt_texts[start:start + batch_size], texts)]
+    return got

@@ -39,6 +39,8 @@ class Options:
     """Response length of the greedy before/after evaluation."""
     eval_prompts: int = 200
     """At most this many held-out prompts in the before/after evaluation."""
+    eval_samples: int = 0
+    """Also answer each held-out prompt this many times by sampling at the training temperature (0 = off)."""
 
 
 OPTIONS = Options
@@ -176,7 +178,8 @@ def run(recipe) -> Path:
         if not eval_ids or not acc.is_main_process:
             return {}
         return evaluate_policy(models, acc.unwrap_model(trainer.policy), acc.unwrap_model(trainer.critic),
-                               tokenizer, eval_ids, eval_texts, stops, opts.eval_max_new_tokens, verify)
+                               tokenizer, eval_ids, eval_texts, stops, opts.eval_max_new_tokens, verify,
+                               samples=opts.eval_samples, temperature=cfg.temperature, seed=recipe.seed)
 
     evals = {"before": evaluate()} if trainer.step_done == 0 else {}
     trainer.train()

@@ -101,7 +101,8 @@ def test_ppo_raises_reward_within_the_kl_limit(quickstart):
     root = Path(__file__).resolve().parents[2]
     limit = load_recipe(root / "recipes/tiny/ppo.yaml").trainer_config().kl_limit
     print(f"PPO: reward {before['reward_mean']:+.3f} -> {after['reward_mean']:+.3f}, verifier "
-          f"{before['verifier_accuracy']:.3f} -> {after['verifier_accuracy']:.3f}, max KL "
+          f"{before['verifier_accuracy']:.3f} -> {after['verifier_accuracy']:.3f} (sampled at the training "
+          f"temperature {before['sampled_verifier_accuracy']:.3f} -> {after['sampled_verifier_accuracy']:.3f}), max KL "
           f"{max(r['kl'] for r in logs):.3f} (limit {limit})")
     assert before["prompts"] == after["prompts"] == 200
     assert after["reward_mean"] > before["reward_mean"]
