@@ -152,7 +152,7 @@ def test_short_run_trains_policy_and_critic_only(ckpts, tokenizer, tmp_path):
 def test_lora_mode_shares_bases(ckpts, tokenizer, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    cfg = make_cfg(memory_mode="lora", steps=2, learning_rate=3e-2)
+    cfg = make_cfg(memory_mode="lora", steps=2, learning_rate=3e-2, ptx_coef=0.5)  # ptx trains the adapter only
     trainer = trainer_for(cfg, ckpts, tokenizer, tmp_path)
     models = trainer.models
     assert models.reference is None and models.reward is None
@@ -172,13 +172,14 @@ def test_lora_mode_on_4bit_bases(ckpts, tokenizer, tmp_path):
     """QLoRA layout: both shared bases in bitsandbytes NF4 (runs on CPU), adapters and the critic head in fp32."""
     import bitsandbytes as bnb
 
-    trainer = trainer_for(make_cfg(memory_mode="lora", steps=1, quantize_frozen=True), ckpts, tokenizer, tmp_path)
+    trainer = trainer_for(make_cfg(memory_mode="lora", steps=1, quantize_frozen=True, ptx_coef=0.5), ckpts, tokenizer,
+                          tmp_path)
     q_proj = trainer.models.policy.base_model.model.model.layers[0].self_attn.q_proj
     assert isinstance(q_proj.base_layer, bnb.nn.Linear4bit) and q_proj.lora_A["default"].weight.dtype == torch.float32
     before = trained(trainer.models.policy)
     trainer.train()
     log = json.loads((tmp_path / "ppo_log.jsonl").read_text())
-    assert all(torch.isfinite(torch.tensor(log[k])) for k in ("kl", "policy_loss", "value_loss"))
+    assert all(torch.isfinite(torch.tensor(log[k])) for k in ("kl", "policy_loss", "value_loss", "ptx_loss"))
     assert any(not torch.equal(p, before[n]) for n, p in trained(trainer.models.policy).items())
     assert (tmp_path / "model" / "adapter_config.json").exists()  # a 4-bit base is not merged
 
