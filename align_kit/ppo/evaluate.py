@@ -18,11 +18,12 @@ from align_kit.ppo.rollout import cut_at_stop
 def evaluate_policy(models: PPOModels, policy, critic, tokenizer, prompt_ids: list[list[int]],
                     prompt_texts: list[str] | None, stop_ids: list[int], max_new_tokens: int,
                     verify: Callable[[str, str], bool] | None = None, batch_size: int = 32,
-                    samples: int = 0, temperature: float = 1.0, seed: int = 0) -> dict:
+                    samples: int = 0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                    seed: int = 0) -> dict:
     """Mean reward, verifier accuracy, ended share and mean length of greedy responses.
 
-    With ``samples > 0`` each prompt is also answered ``samples`` times by sampling at ``temperature``
-    (seeded, so before and after see the same random stream) and ``sampled_reward_mean`` and
+    With ``samples > 0`` each prompt is also answered ``samples`` times by sampling as the rollout does
+    (``temperature``, ``top_k``, ``top_p``; seeded, so before and after see the same random stream) and ``sampled_reward_mean`` and
     ``sampled_verifier_accuracy`` are added.
 
     ``policy``/``critic`` are the unwrapped trained models (the reward model is read through ``models``,
@@ -44,12 +45,14 @@ def evaluate_policy(models: PPOModels, policy, critic, tokenizer, prompt_ids: li
     if greedy["correct"]:
         result["verifier_accuracy"] = sum(greedy["correct"]) / len(greedy["correct"])
     if samples > 0:
-        with torch.random.fork_rng():  # evaluation must not shift the training run's random streams
+        device = next(policy.parameters()).device
+        # evaluation must not shift the training run's random streams (this device's, and the CPU's)
+        with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
             torch.manual_seed(seed)
             sampled = _answer(models, policy, critic, tokenizer, [p for p in prompt_ids for _ in range(samples)],
                               None if texts is None else [t for t in texts for _ in range(samples)], stop_ids, pad,
                               verify, batch_size, GenerationConfig(do_sample=True, temperature=temperature,
-                                                                   top_k=0, top_p=1.0, **common))
+                                                                   top_k=top_k, top_p=top_p, **common))
         result["sampled_reward_mean"] = sum(sampled["scores"]) / max(len(sampled["scores"]), 1)
         result["samples_per_prompt"] = samples
         if sampled["correct"]:

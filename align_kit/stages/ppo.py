@@ -99,15 +99,18 @@ def encode_prompts(rows: list[dict], tokenizer, kind: str, max_len: int) -> tupl
     return ids, texts
 
 
-def encode_demonstrations(rows: list[dict], tokenizer, kind: str, max_len: int) -> list[tuple[list[int], int]]:
+def encode_demonstrations(rows: list[dict], tokenizer, kind: str, max_len: int,
+                          stop_ids: list[int] | None = None) -> list[tuple[list[int], int]]:
     """``(token ids, prompt length)`` per row for the PPO-ptx term: the prompt with the generation prompt
-    appended, then the reference answer (a conversation's last assistant turn, or a pair's chosen answer).
+    appended, then the reference answer (a conversation's last assistant turn, or a pair's chosen answer),
+    cut after its first stop id: what the template writes after the end of the turn (chatml's newline) is
+    not something the policy generates, so it gets no loss, as in the SFT stage's assistant-only mask.
 
     Rows longer than ``max_len`` tokens are dropped and counted in the log. A template whose rendering of the
     whole conversation does not start with its rendering of the prompt cannot mark the answer tokens, so that
     is an error naming the row.
     """
-    demos, dropped = [], 0
+    demos, dropped, stops = [], 0, set(stop_ids or ())
     for i, row in enumerate(rows):
         if kind == "conversations":
             prompt, answer = row["messages"][:-1], row["messages"][-1:]
@@ -124,6 +127,9 @@ def encode_demonstrations(rows: list[dict], tokenizer, kind: str, max_len: int) 
             raise ConfigError(f"ppo: row {i}: the chat template renders the prompt differently inside the whole "
                               "conversation, so its answer tokens cannot be marked for the ptx loss; set "
                               "trainer.ptx_coef: 0 or use a template that renders prompts as prefixes")
+        stop = next((j for j in range(len(head), len(full)) if full[j] in stops), None)
+        if stop is not None:
+            full = full[: stop + 1]
         if len(full) > max_len:
             dropped += 1
             continue
@@ -169,8 +175,14 @@ def run(recipe) -> Path:
                           pad_token_id=tokenizer.pad_token_id)
     run_info = start_run(recipe, data, extra={"train_prompts": len(train_ids), "eval_prompts": len(eval_ids)})
     verify = load_callable(opts.verifier) if opts.verifier else None
-    demos = (encode_demonstrations(data.train, tokenizer, opts.prompts_from, opts.max_prompt_length + cfg.max_new_tokens)
-             if cfg.ptx_coef > 0 else None)
+    demos = None
+    if cfg.ptx_coef > 0:
+        limit = opts.max_prompt_length + cfg.max_new_tokens
+        demos = encode_demonstrations(data.train, tokenizer, opts.prompts_from, limit, stops)
+        if not demos:
+            raise ConfigError(f"ppo: ptx_coef {cfg.ptx_coef} needs demonstrations, but every training row is longer "
+                              f"than max_prompt_length + max_new_tokens = {limit} tokens; raise either or set "
+                              "trainer.ptx_coef: 0")
     trainer = PPOTrainer(cfg, models, tokenizer, train_ids, out, accelerator=acc, stop_token_ids=stops,
                          demonstrations=demos)
 
@@ -179,7 +191,8 @@ def run(recipe) -> Path:
             return {}
         return evaluate_policy(models, acc.unwrap_model(trainer.policy), acc.unwrap_model(trainer.critic),
                                tokenizer, eval_ids, eval_texts, stops, opts.eval_max_new_tokens, verify,
-                               samples=opts.eval_samples, temperature=cfg.temperature, seed=recipe.seed)
+                               samples=opts.eval_samples, temperature=cfg.temperature, top_k=cfg.top_k,
+                               top_p=cfg.top_p, seed=recipe.seed)
 
     evals = {"before": evaluate()} if trainer.step_done == 0 else {}
     trainer.train()

@@ -230,24 +230,29 @@ def test_ptx_term_pulls_the_policy_towards_the_demonstrations(ckpts, tokenizer, 
 
 def test_demonstrations_label_exactly_the_answer_tokens():
     """The stage's ptx rows: the loss falls on the answer and its end-of-turn token, nothing of the prompt."""
-    from align_kit.families import get_template
+    from align_kit.families import get_template, stop_token_ids
     from align_kit.ppo.loop import right_pad_demos
     from align_kit.quickstart.model import build_tokenizer
     from align_kit.stages.ppo import encode_demonstrations
 
-    tok = build_tokenizer()
-    tok.chat_template = get_template("llama3").jinja
     conv = {"messages": [{"role": "user", "content": "Uppercase: abc"}, {"role": "assistant", "content": "ABC"}]}
     pair = {"prompt": conv["messages"][:1], "chosen": [{"role": "assistant", "content": "no"}],
             "rejected": [{"role": "assistant", "content": "yes"}]}
-    eot = tok.convert_tokens_to_ids("<|eot_id|>")
-    for rows, kind, answer in (([conv], "conversations", "ABC"), ([pair], "preferences", "no")):
-        (ids, prompt_len), = encode_demonstrations(rows, tok, kind, max_len=64)
-        _, _, labels = right_pad_demos([(ids, prompt_len)], tok.pad_token_id)
-        labelled = [t for t in labels[0].tolist() if t != -100]
-        assert labelled == tok(answer, add_special_tokens=False).input_ids + [eot], kind
-        assert tok.decode(ids[:prompt_len]).endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
-    assert encode_demonstrations([conv], tok, "conversations", max_len=5) == []  # too long: left out, logged
+    # llama3 ends a turn with <|eot_id|>; chatml writes "<|im_end|>\n", and the newline gets no loss
+    for name, end, header in (("llama3", "<|eot_id|>", "<|start_header_id|>assistant<|end_header_id|>\n\n"),
+                              ("chatml", "<|im_end|>", "<|im_start|>assistant\n")):
+        tok, template = build_tokenizer(), get_template(name)
+        tok.add_special_tokens({"additional_special_tokens": [t for t in template.special if t not in tok.get_vocab()]})
+        tok.chat_template = template.jinja
+        stops = stop_token_ids(tok, template)
+        for rows, kind, answer in (([conv], "conversations", "ABC"), ([pair], "preferences", "no")):
+            (ids, prompt_len), = encode_demonstrations(rows, tok, kind, max_len=128, stop_ids=stops)
+            _, _, labels = right_pad_demos([(ids, prompt_len)], tok.pad_token_id)
+            labelled = [t for t in labels[0].tolist() if t != -100]
+            assert labelled == tok(answer, add_special_tokens=False).input_ids + [tok.convert_tokens_to_ids(end)], (
+                name, kind, tok.decode(labelled))
+            assert tok.decode(ids[:prompt_len]).endswith(header)
+        assert encode_demonstrations([conv], tok, "conversations", max_len=5) == []  # too long: left out, logged
 
 
 def AutoCausalLM(path):
