@@ -120,11 +120,12 @@ def encode_demonstrations(rows: list[dict], tokenizer, kind: str, max_len: int,
                          add_special_tokens=False).input_ids
         full = tokenizer(tokenizer.apply_chat_template(prompt + answer, tokenize=False),
                          add_special_tokens=False).input_ids
+        where = f"ppo: data.train row {i} (counted over all train sources)"
         if full[: len(head)] == head and len(full) == len(head):
-            raise ConfigError(f"ppo: row {i}: the answer renders to no tokens after the prompt; the ptx term needs "
+            raise ConfigError(f"{where}: the answer renders to no tokens after the prompt; the ptx term needs "
                               "a non-empty reference answer in every row")
         if full[: len(head)] != head:
-            raise ConfigError(f"ppo: row {i}: the chat template renders the prompt differently inside the whole "
+            raise ConfigError(f"{where}: the chat template renders the prompt differently inside the whole "
                               "conversation, so its answer tokens cannot be marked for the ptx loss; set "
                               "trainer.ptx_coef: 0 or use a template that renders prompts as prefixes")
         stop = next((j for j in range(len(head), len(full)) if full[j] in stops), None)
