@@ -347,14 +347,19 @@ def test_ppo_stage_from_a_recipe(ckpts, tmp_path):
     assert "<|eot_id|><|start_header_id|>assistant<|end_header_id|>" in first["prompt"]
     with pytest.raises(Exception, match="memory_mode: lora needs a peft"):
         recipe_from_dict({**recipe.to_dict(), "ppo": {"reward_model": "x"}, "trainer": {"memory_mode": "lora"}})
-    # sampled answers in the evaluation: added to eval.json, and the training run is bitwise the same
+    # sampled answers in the evaluation: added to eval.json, and the training run is the same (a shifted random
+    # stream would sample other rollouts and move the weights by far more than the tolerance)
+    from safetensors.torch import load_file
+
     sampled = recipe_from_dict({**recipe.to_dict(), "output_dir": str(tmp_path / "sampled"),
                                 "ppo": {**recipe.to_dict()["ppo"], "eval_samples": 3}})
     evals_s = json.loads((run_stage(sampled) / "eval.json").read_text())
     for when in ("before", "after"):
         assert evals_s[when]["samples_per_prompt"] == 3 and evals_s[when]["sampled_verifier_accuracy"] == 0.0
-        assert evals_s[when]["reward_mean"] == evals[when]["reward_mean"]
+        assert evals_s[when]["reward_mean"] == pytest.approx(evals[when]["reward_mean"], abs=1e-6)
         assert evals_s[when]["sampled_reward_mean"] != evals_s[when]["reward_mean"]  # sampled, not greedy
-    assert (tmp_path / "sampled" / "model" / "model.safetensors").read_bytes() == (
-        out / "model" / "model.safetensors").read_bytes()
+    plain, with_samples = (load_file(d / "model" / "model.safetensors") for d in (out, tmp_path / "sampled"))
+    start = load_file(ckpts[0] / "model.safetensors")
+    assert all(torch.allclose(plain[k], with_samples[k], atol=1e-6) for k in plain)
+    assert any(not torch.equal(plain[k], start[k]) for k in plain)  # and training did move them (lr 1e-5, 2 steps)
 
