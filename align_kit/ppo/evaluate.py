@@ -23,8 +23,8 @@ def evaluate_policy(models: PPOModels, policy, critic, tokenizer, prompt_ids: li
     """Mean reward, verifier accuracy, ended share and mean length of greedy responses.
 
     With ``samples > 0`` each prompt is also answered ``samples`` times by sampling as the rollout does
-    (``temperature``, ``top_k``, ``top_p``; seeded, so before and after see the same random stream) and ``sampled_reward_mean`` and
-    ``sampled_verifier_accuracy`` are added.
+    (``temperature``, ``top_k``, ``top_p``; seeded, so before and after see the same random stream), and
+    ``sampled_reward_mean`` and ``sampled_verifier_accuracy`` are added.
 
     ``policy``/``critic`` are the unwrapped trained models (the reward model is read through ``models``,
     which in lora mode is the critic with its adapter off). ``prompt_texts[i]`` is what the verifier

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from align_kit.data.tokenize import Tokenized
 from align_kit.errors import AlignKitError
 from align_kit.ppo import checkpoint
 from align_kit.ppo.advantages import masked_mean
@@ -60,33 +61,35 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
     return ids, mask
 
 
-def right_pad_demos(demos: list[tuple[list[int], int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(B, L)`` ids, attention mask and labels of demonstrations given as ``(token ids, prompt length)``:
-    padded on the right, with the prompt and the padding labelled ``-100`` (no loss there).
+def right_pad_demos(demos: list[Tokenized], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(B, L)`` ids, attention mask and labels of tokenised demonstrations (the SFT stage's
+    :class:`~align_kit.data.tokenize.Tokenized`): padded on the right, labelled ``-100`` wherever the
+    assistant mask is 0 (the prompt, template text) and on the padding.
 
-    >>> ids, mask, labels = right_pad_demos([([5, 6, 7], 2), ([8, 9], 1)], 0)
+    >>> ids, mask, labels = right_pad_demos([Tokenized([5, 6, 7], [0, 0, 1]), Tokenized([8, 9], [0, 1])], 0)
     >>> ids.tolist(), mask.tolist(), labels.tolist()
     ([[5, 6, 7], [8, 9, 0]], [[1, 1, 1], [1, 1, 0]], [[-100, -100, 7], [-100, 9, -100]])
     """
-    width = max(len(ids) for ids, _ in demos)
-    ids = torch.tensor([list(d) + [pad_id] * (width - len(d)) for d, _ in demos], dtype=torch.long)
-    mask = torch.tensor([[1] * len(d) + [0] * (width - len(d)) for d, _ in demos], dtype=torch.long)
-    labels = torch.tensor([[-100] * n + list(d[n:]) + [-100] * (width - len(d)) for d, n in demos],
-                          dtype=torch.long)
+    width = max(len(d.input_ids) for d in demos)
+    pad = [width - len(d.input_ids) for d in demos]
+    ids = torch.tensor([d.input_ids + [pad_id] * n for d, n in zip(demos, pad)], dtype=torch.long)
+    mask = torch.tensor([[1] * len(d.input_ids) + [0] * n for d, n in zip(demos, pad)], dtype=torch.long)
+    labels = torch.tensor([[t if m else -100 for t, m in zip(d.input_ids, d.assistant_masks)] + [-100] * n
+                           for d, n in zip(demos, pad)], dtype=torch.long)
     return ids, mask, labels
 
 
 class PPOTrainer:
     """Trains ``models.policy`` (and the critic) with PPO on ``prompts`` (token-id lists, chat template applied).
 
-    ``demonstrations`` (``(token ids, prompt length)`` pairs: a prompt and its reference answer) feed the
+    ``demonstrations`` (conversations tokenised as the SFT stage does, with their assistant masks) feed the
     PPO-ptx term when ``cfg.ptx_coef > 0``: each policy minibatch also takes ``mini_batch_size`` of them
-    and adds ``ptx_coef`` times their SFT loss (the answer tokens only).
+    and adds ``ptx_coef`` times their SFT loss (the assistant tokens only).
     """
 
     def __init__(self, cfg: PPOConfig, models: PPOModels, tokenizer, prompts: list[list[int]], output_dir,
                  accelerator=None, stop_token_ids: list[int] | None = None,
-                 demonstrations: list[tuple[list[int], int]] | None = None):
+                 demonstrations: list[Tokenized] | None = None):
         from accelerate import Accelerator
 
         if not prompts:
@@ -94,10 +97,11 @@ class PPOTrainer:
         if cfg.ptx_coef > 0 and not demonstrations:
             raise AlignKitError("ppo: ptx_coef > 0 needs demonstrations (prompt + reference answer) for the "
                                 "SFT term; none were given")
-        for i, (ids, prompt_len) in enumerate(demonstrations or []):
-            if not 0 < prompt_len < len(ids):
-                raise AlignKitError(f"ppo: demonstration {i} has {len(ids)} tokens and a {prompt_len}-token prompt; "
-                                    "expected at least one answer token after the prompt")
+        for i, demo in enumerate(demonstrations or []):
+            if len(demo.input_ids) != len(demo.assistant_masks) or 1 not in demo.assistant_masks:
+                raise AlignKitError(f"ppo: demonstration {i} has {len(demo.input_ids)} tokens and "
+                                    f"{sum(demo.assistant_masks)} trained of {len(demo.assistant_masks)} mask entries; "
+                                    "expected one mask entry per token and at least one trained token")
         self.cfg, self.models, self.tokenizer, self.prompts = cfg, models, tokenizer, prompts
         self.demonstrations = demonstrations or []
         self.output_dir = Path(output_dir)
@@ -270,7 +274,7 @@ class PPOTrainer:
         return loss, parts
 
     def _ptx_loss(self, draw: torch.Generator) -> torch.Tensor:
-        """SFT loss of ``mini_batch_size`` demonstrations drawn with ``draw`` (answer tokens only)."""
+        """SFT loss of ``mini_batch_size`` demonstrations drawn with ``draw`` (assistant tokens only)."""
         rows = torch.randint(len(self.demonstrations), (self.cfg.mini_batch_size,), generator=draw).tolist()
         ids, mask, labels = right_pad_demos([self.demonstrations[i] for i in rows], self.pad_id)
         device = self.acc.device

@@ -5,8 +5,8 @@
 stage's output. ``data`` gives prompts: conversations (the final assistant turn is dropped) or
 preference pairs (their prompt). A ``peft:`` block selects and configures LoRA mode; a
 ``quantization:`` block loads the frozen parts (the shared bases in LoRA mode) in 4-bit. With
-``trainer.ptx_coef > 0`` the same rows' answers (a conversation's last turn, a pair's chosen answer) are
-the demonstrations of the PPO-ptx term. Before and
+``trainer.ptx_coef > 0`` the same rows (a conversation, a pair's prompt with its chosen answer), tokenised
+as the SFT stage does, are the demonstrations of the PPO-ptx term. Before and
 after training the held-out prompts are answered greedily and scored; ``eval.json`` holds both.
 """
 
@@ -99,42 +99,22 @@ def encode_prompts(rows: list[dict], tokenizer, kind: str, max_len: int) -> tupl
     return ids, texts
 
 
-def encode_demonstrations(rows: list[dict], tokenizer, kind: str, max_len: int,
-                          stop_ids: list[int] | None = None) -> list[tuple[list[int], int]]:
-    """``(token ids, prompt length)`` per row for the PPO-ptx term: the prompt with the generation prompt
-    appended, then the reference answer (a conversation's last assistant turn, or a pair's chosen answer),
-    cut after its first stop id: what the template writes after the end of the turn (chatml's newline) is
-    not something the policy generates, so it gets no loss, as in the SFT stage's assistant-only mask.
-
-    Rows longer than ``max_len`` tokens are dropped and counted in the log. A template whose rendering of the
-    whole conversation does not start with its rendering of the prompt cannot mark the answer tokens, so that
-    is an error naming the row.
+def encode_demonstrations(rows: list[dict], tokenizer, kind: str, max_len: int, stop_ids: list[int]) -> list:
+    """The PPO-ptx demonstrations: each row's whole conversation (a pair's prompt and chosen answer)
+    tokenised exactly as the SFT stage does (``tokenize_conversation``: assistant replies and their
+    end-of-turn token trained, everything else masked; a row the template cannot mark is a DataError naming
+    it). Rows longer than ``max_len`` tokens are left out and counted in the log.
     """
-    demos, dropped, stops = [], 0, set(stop_ids or ())
+    from align_kit.data.tokenize import tokenize_conversation
+
+    demos, dropped = [], 0
     for i, row in enumerate(rows):
-        if kind == "conversations":
-            prompt, answer = row["messages"][:-1], row["messages"][-1:]
-        else:
-            prompt, answer = row["prompt"], row["chosen"]
-        head = tokenizer(tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True),
-                         add_special_tokens=False).input_ids
-        full = tokenizer(tokenizer.apply_chat_template(prompt + answer, tokenize=False),
-                         add_special_tokens=False).input_ids
-        where = f"ppo: data.train row {i} (counted over all train sources)"
-        if full[: len(head)] == head and len(full) == len(head):
-            raise ConfigError(f"{where}: the answer renders to no tokens after the prompt; the ptx term needs "
-                              "a non-empty reference answer in every row")
-        if full[: len(head)] != head:
-            raise ConfigError(f"{where}: the chat template renders the prompt differently inside the whole "
-                              "conversation, so its answer tokens cannot be marked for the ptx loss; set "
-                              "trainer.ptx_coef: 0 or use a template that renders prompts as prefixes")
-        stop = next((j for j in range(len(head), len(full)) if full[j] in stops), None)
-        if stop is not None:
-            full = full[: stop + 1]
-        if len(full) > max_len:
+        messages = row["messages"] if kind == "conversations" else row["prompt"] + row["chosen"]
+        demo = tokenize_conversation(tokenizer, messages, stop_ids, where=("data.train (all sources, in order)", i))
+        if len(demo.input_ids) > max_len:
             dropped += 1
             continue
-        demos.append((full, len(head)))
+        demos.append(demo)
     if dropped:
         log.warning("ppo: %d of %d demonstrations are longer than %d tokens and were left out of the ptx term",
                     dropped, len(rows), max_len)

@@ -18,6 +18,7 @@ import torch
 from accelerate import Accelerator
 from transformers import AutoTokenizer
 
+from align_kit.data.tokenize import Tokenized
 from align_kit.ppo.config import PPOConfig
 from align_kit.ppo.loop import PPOTrainer
 from align_kit.ppo.modelset import build_models
@@ -28,7 +29,8 @@ PROMPTS = ["Add 3 and 4.", "Reverse: abc", "Uppercase: xyz", "Sort the letters: 
 def run(cfg, sft, rm, out, acc, tok):
     models = build_models(cfg, sft, rm, pad_token_id=tok.pad_token_id)
     start = torch.cat([p.detach().flatten() for p in models.policy.parameters()]).clone()
-    demos = [(tok(p).input_ids + tok("ok", add_special_tokens=False).input_ids, len(tok(p).input_ids)) for p in PROMPTS]
+    answer = tok("ok", add_special_tokens=False).input_ids
+    demos = [Tokenized(tok(p).input_ids + answer, [0] * len(tok(p).input_ids) + [1] * len(answer)) for p in PROMPTS]
     trainer = PPOTrainer(cfg, models, tok, [tok(p).input_ids for p in PROMPTS], out, accelerator=acc,
                          demonstrations=demos)
     resumed_at = trainer.step_done

@@ -13,6 +13,7 @@ import pytest
 import torch
 from helpers import launch_two_processes
 
+from align_kit.data.tokenize import Tokenized
 from align_kit.ppo.config import PPOConfig
 from align_kit.ppo.loop import PPODivergedError, PPOTrainer, left_pad
 from align_kit.ppo.modelset import build_models, causal_logits
@@ -184,12 +185,13 @@ def test_lora_mode_on_4bit_bases(ckpts, tokenizer, tmp_path):
     assert (tmp_path / "model" / "adapter_config.json").exists()  # a 4-bit base is not merged
 
 
-def demonstrations(tokenizer) -> list[tuple[list[int], int]]:
-    """Each prompt of PROMPTS with a fixed answer, as (token ids, prompt length) for the PPO-ptx term."""
+def demonstrations(tokenizer) -> list[Tokenized]:
+    """Each prompt of PROMPTS with the fixed answer "ok" + EOS (the trained tokens), for the PPO-ptx term."""
     demos = []
     for prompt in PROMPTS:
-        head = tokenizer(prompt).input_ids
-        demos.append((head + tokenizer("ok", add_special_tokens=False).input_ids + [tokenizer.eos_token_id], len(head)))
+        head, answer = tokenizer(prompt).input_ids, tokenizer("ok", add_special_tokens=False).input_ids
+        answer = answer + [tokenizer.eos_token_id]
+        demos.append(Tokenized(head + answer, [0] * len(head) + [1] * len(answer)))
     return demos
 
 
@@ -223,13 +225,17 @@ def test_ptx_term_pulls_the_policy_towards_the_demonstrations(ckpts, tokenizer, 
     models = build_models(make_cfg(), str(ckpts[0]), str(ckpts[1]), pad_token_id=tokenizer.pad_token_id)
     with pytest.raises(AlignKitError, match="ptx_coef > 0 needs demonstrations"):
         PPOTrainer(make_cfg(ptx_coef=0.5), models, tokenizer, [[1, 2]], tmp_path / "none")
-    with pytest.raises(AlignKitError, match="demonstration 1 has 3 tokens and a 3-token prompt"):
+    with pytest.raises(AlignKitError, match="demonstration 1 has 3 tokens and 0 trained of 3 mask entries"):
         PPOTrainer(make_cfg(ptx_coef=0.5), models, tokenizer, [[1, 2]], tmp_path / "bad",
-                   demonstrations=[([1, 2, 3], 2), ([1, 2, 3], 3)])
+                   demonstrations=[Tokenized([1, 2, 3], [0, 0, 1]), Tokenized([1, 2, 3], [0, 0, 0])])
 
 
 def test_demonstrations_label_exactly_the_answer_tokens():
-    """The stage's ptx rows: the loss falls on the answer and its end-of-turn token, nothing of the prompt."""
+    """The stage's ptx rows are tokenised as SFT rows are: the loss falls on the answer and its end-of-turn
+    token, not on the prompt, and not on chatml's newline after <|im_end|>; a template that cannot mark the
+    answer is an error naming the row."""
+    from align_kit.data.tokenize import tokenize_conversation
+    from align_kit.errors import DataError
     from align_kit.families import get_template, stop_token_ids
     from align_kit.ppo.loop import right_pad_demos
     from align_kit.quickstart.model import build_tokenizer
@@ -238,21 +244,22 @@ def test_demonstrations_label_exactly_the_answer_tokens():
     conv = {"messages": [{"role": "user", "content": "Uppercase: abc"}, {"role": "assistant", "content": "ABC"}]}
     pair = {"prompt": conv["messages"][:1], "chosen": [{"role": "assistant", "content": "no"}],
             "rejected": [{"role": "assistant", "content": "yes"}]}
-    # llama3 ends a turn with <|eot_id|>; chatml writes "<|im_end|>\n", and the newline gets no loss
-    for name, end, header in (("llama3", "<|eot_id|>", "<|start_header_id|>assistant<|end_header_id|>\n\n"),
-                              ("chatml", "<|im_end|>", "<|im_start|>assistant\n")):
+    for name, end in (("llama3", "<|eot_id|>"), ("chatml", "<|im_end|>")):
         tok, template = build_tokenizer(), get_template(name)
         tok.add_special_tokens({"additional_special_tokens": [t for t in template.special if t not in tok.get_vocab()]})
         tok.chat_template = template.jinja
         stops = stop_token_ids(tok, template)
         for rows, kind, answer in (([conv], "conversations", "ABC"), ([pair], "preferences", "no")):
-            (ids, prompt_len), = encode_demonstrations(rows, tok, kind, max_len=128, stop_ids=stops)
-            _, _, labels = right_pad_demos([(ids, prompt_len)], tok.pad_token_id)
+            (demo,) = encode_demonstrations(rows, tok, kind, max_len=128, stop_ids=stops)
+            _, _, labels = right_pad_demos([demo], tok.pad_token_id)
             labelled = [t for t in labels[0].tolist() if t != -100]
             assert labelled == tok(answer, add_special_tokens=False).input_ids + [tok.convert_tokens_to_ids(end)], (
                 name, kind, tok.decode(labelled))
-            assert tok.decode(ids[:prompt_len]).endswith(header)
-        assert encode_demonstrations([conv], tok, "conversations", max_len=5) == []  # too long: left out, logged
+            assert demo == tokenize_conversation(tok, rows[0].get("messages") or pair["prompt"] + pair["chosen"], stops)
+        assert encode_demonstrations([conv], tok, "conversations", max_len=5, stop_ids=stops) == []  # too long
+        tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"  # no generation markers
+        with pytest.raises(DataError, match=r"row 0.*no trained tokens"):
+            encode_demonstrations([conv], tok, "conversations", max_len=128, stop_ids=stops)
 
 
 def AutoCausalLM(path):
