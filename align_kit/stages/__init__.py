@@ -33,5 +33,13 @@ def get_stage(name: str) -> ModuleType:
 
 
 def run_stage(recipe) -> Path:
-    """Run a validated recipe's stage; returns the output folder."""
+    """Run a validated recipe's stage; returns the output folder.
+
+    Every random generator is seeded with the recipe's seed first. The trainers seed themselves only once they
+    are built, after the model is: without this, what a stage initialises on loading (a reward model's score
+    head, LoRA adapters) would depend on what ran before it in the process, and a stage run alone would not
+    reproduce the same stage run inside a pipeline."""
+    from transformers import set_seed
+
+    set_seed(recipe.seed)
     return get_stage(recipe.stage).run(recipe)

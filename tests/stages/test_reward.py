@@ -145,3 +145,27 @@ def test_qlora_reward_model_is_merged_into_the_unquantised_base(tmp_path):
     model = AutoModelForSequenceClassification.from_pretrained(out / "model")
     assert not getattr(model, "is_loaded_in_4bit", False) and model.score.weight.dtype == torch.float32
     assert json.loads((out / "eval.json").read_text())["pairs"] == 24
+
+
+def test_score_head_init_follows_the_recipe_seed_not_earlier_work(tmp_path):
+    """A reward model started from a saved causal LM gets a fresh score head; its initial values come from the
+    recipe's seed, so the stage gives the same model alone or after other work in the process (a pipeline)."""
+    from safetensors.torch import load_file
+
+    from align_kit.quickstart.model import build_model, build_tokenizer
+
+    tok = build_tokenizer()
+    build_model(tok).save_pretrained(tmp_path / "lm")
+    tok.save_pretrained(tmp_path / "lm")
+    over = {"model": {"name_or_path": str(tmp_path / "lm")}}
+    runs = []
+    for i, noise in enumerate([0, 1000]):
+        torch.rand(noise)  # what an earlier stage would have drawn from the global generator
+        raw = tiny_recipe(tmp_path / f"run{i}", **over)
+        raw["trainer"] = {**raw["trainer"], "max_steps": 1, "save_steps": 10}
+        runs.append(load_file(str(run_stage(recipe_from_dict(raw)) / "model" / "model.safetensors")))
+    other = tiny_recipe(tmp_path / "seed4", **over, seed=4)
+    other["trainer"] = {**other["trainer"], "max_steps": 1, "save_steps": 10}
+    runs.append(load_file(str(run_stage(recipe_from_dict(other)) / "model" / "model.safetensors")))
+    assert torch.equal(runs[0]["score.weight"], runs[1]["score.weight"])
+    assert not torch.equal(runs[0]["score.weight"], runs[2]["score.weight"])
