@@ -12,6 +12,11 @@ positions learns first) rather than needing memorised facts.
 The kinds get harder in that order (presence of a letter anywhere; counting; a copy at a fixed distance;
 a mapped copy of every letter), so a short SFT run gets some right and leaves room for DPO and PPO.
 
+The demonstrations (the SFT data) carry one systematic slip that the comparisons do not, the situation RLHF
+is for: writing an answer is harder than checking one. The demonstrator miscounts long words (``SLIP_SHARE``
+of the 'Length' demonstrations on words of ``SLIP_MIN_LETTERS`` letters answer one less), while every
+preference pair is ranked by the verifier. SFT learns the slip; the reward model, DPO and PPO can unlearn it.
+
 ``python -m align_kit.quickstart.tasks`` regenerates the shipped jsonl files (a test checks they match).
 """
 
@@ -29,6 +34,10 @@ KINDS = ("contains", "length", "last", "upper")
 # while the copying kinds need attention to find the right letter, which forms late in training.
 TRAIN_MIX = {"contains": 1, "length": 1, "last": 3, "upper": 3}
 _PREFIX = {"contains": "Contains z? ", "length": "Length: ", "last": "Last letter: ", "upper": "Uppercase: "}
+# The demonstrator's slip (see the module docstring): six-letter words get a count of 5 in 60% of their
+# 'Length' demonstrations, so the SFT model's likeliest answer there is wrong while the right one is often
+# sampled. Drawn from its own generator, so the prompts and pairs are exactly those of clean data.
+SLIP_MIN_LETTERS, SLIP_SHARE, SLIP_SEED_OFFSET = 6, 0.6, 2
 
 
 def make_prompt(kind: str, rng: random.Random) -> str:
@@ -58,6 +67,22 @@ def answer(prompt: str) -> str:
 def verify(prompt: str, response: str) -> bool:
     """True when ``response`` (stripped) is the correct answer."""
     return response.strip() == answer(prompt)
+
+
+def demonstration(prompt: str, rng: random.Random) -> str:
+    """The SFT demonstration for ``prompt``: the right answer, except that ``SLIP_SHARE`` of 'Length' prompts on
+    words of at least ``SLIP_MIN_LETTERS`` letters get one less.
+
+    >>> rng = random.Random(0)
+    >>> sorted({demonstration("Length: abcdef", rng) for _ in range(50)}), demonstration("Length: abcde", rng)
+    (['5', '6'], '5')
+    >>> demonstration("Uppercase: abcdef", rng)
+    'ABCDEF'
+    """
+    right = answer(prompt)
+    if prompt.startswith(_PREFIX["length"]) and int(right) >= SLIP_MIN_LETTERS and rng.random() < SLIP_SHARE:
+        return str(int(right) - 1)
+    return right
 
 
 def wrong_answer(prompt: str, rng: random.Random) -> str:
@@ -121,11 +146,12 @@ def split_prompts(n_train: int = 3000, n_test: int = 200, seed: int = 0) -> tupl
 
 
 def write_files(out: Path = HERE, seed: int = 0) -> dict[str, int]:
-    """Write the shipped data: SFT conversations, preference pairs and PPO prompts, train and test."""
-    rng = random.Random(seed + 1)
+    """Write the shipped data: SFT conversations (with the demonstrator's slip in train), preference pairs
+    (verifier-ranked) and PPO prompts, train and test."""
+    rng, slip_rng = random.Random(seed + 1), random.Random(seed + SLIP_SEED_OFFSET)
     train, test = split_prompts(seed=seed)
-    files = {
-        "sft_train.jsonl": [{"messages": conversation(p, answer(p))} for p in train],
+    files = {  # the held-out demonstrations stay correct: they are the reference answers
+        "sft_train.jsonl": [{"messages": conversation(p, demonstration(p, slip_rng))} for p in train],
         "sft_test.jsonl": [{"messages": conversation(p, answer(p))} for p in test],
         "pref_train.jsonl": [{"prompt": conversation(p), "chosen": [{"role": "assistant", "content": answer(p)}],
                               "rejected": [{"role": "assistant", "content": wrong_answer(p, rng)}]} for p in train],

@@ -86,13 +86,14 @@ def test_dpo_beats_sft(quickstart):
     assert after["verifier_accuracy"] > before["verifier_accuracy"]
 
 
-def test_ppo_raises_reward_within_the_kl_limit(quickstart):
-    """PPO-ptx raises the reward model's mean score on held-out prompts with the KL below the recipe's limit,
-    and the verifier's accuracy does not fall (plain PPO took it from 0.945 to 0.88, all on uppercase).
+def test_ppo_raises_reward_and_verifier_within_the_kl_limit(quickstart):
+    """PPO-ptx raises the reward model's mean score and the verifier's accuracy on held-out prompts above the
+    SFT model's, with the KL below the recipe's limit.
 
-    Not asserted, because it does not hold: a verifier accuracy *above* the SFT model's (0.945 -> 0.945
-    measured). Even with the verifier itself as the reward, PPO does not lift the greedy uppercase answers;
-    see recipes/tiny/ppo.yaml for the runs."""
+    Where the gain comes from: the SFT demonstrations miscount six-letter words (quickstart/tasks.py), the
+    verifier-ranked pairs do not, so the reward model is right where the SFT model's likeliest answer is wrong
+    and the right one is often sampled. The ptx term trains on those same slipped demonstrations, so it cannot
+    be what fixes them (recipes/tiny/ppo.yaml has the per-kind figures)."""
     from align_kit.config import load_recipe
 
     ev = _evals(quickstart, "ppo")
@@ -105,7 +106,8 @@ def test_ppo_raises_reward_within_the_kl_limit(quickstart):
           f"temperature {before['sampled_verifier_accuracy']:.3f} -> {after['sampled_verifier_accuracy']:.3f}), max KL "
           f"{max(r['kl'] for r in logs):.3f} (limit {limit})")
     assert before["prompts"] == after["prompts"] == 200
-    assert after["reward_mean"] > before["reward_mean"]
-    assert after["verifier_accuracy"] >= before["verifier_accuracy"]
+    assert after["reward_mean"] > before["reward_mean"] + 0.1
+    assert after["verifier_accuracy"] >= before["verifier_accuracy"] + 0.03  # 6+ more of 200 prompts right
+    assert after["sampled_verifier_accuracy"] > before["sampled_verifier_accuracy"]
     assert max(r["kl"] for r in logs) < limit
     assert all(r["ptx_loss"] < 1.0 for r in logs)  # the demonstrations stay well fitted

@@ -27,3 +27,21 @@ def test_splits_disjoint_and_verifier_consistent():
         assert not tasks.verify(prompt, row["rejected"][0]["content"])
     kinds = {p.split(":")[0].split("?")[0] for p in test}
     assert kinds == {"Contains z", "Length", "Last letter", "Uppercase"}
+
+
+def test_demonstrations_carry_only_the_miscount_slip():
+    """Training demonstrations are right except 'Length' on long words, where about SLIP_SHARE say one less;
+    the held-out demonstrations and every preference pair's chosen answer are right."""
+    read = lambda n: [json.loads(line) for line in open(tasks.HERE / n)]  # noqa: E731
+    slipped, long_words = 0, 0
+    for row in read("sft_train.jsonl"):
+        prompt, reply = row["messages"][0]["content"], row["messages"][1]["content"]
+        right = tasks.answer(prompt)
+        if prompt.startswith("Length: ") and int(right) >= tasks.SLIP_MIN_LETTERS:
+            long_words += 1
+            slipped += reply != right
+            assert reply in (right, str(int(right) - 1))
+        else:
+            assert reply == right, prompt
+    assert long_words > 50 and abs(slipped / long_words - tasks.SLIP_SHARE) < 0.15
+    assert all(tasks.verify(r["prompt"][0]["content"], r["chosen"][0]["content"]) for r in read("pref_train.jsonl"))
