@@ -179,6 +179,8 @@ def load_model(args: ModelArgs, tokenizer, *, quant: QuantArgs | None = None, he
         if qc is not None:
             kw["quantization_config"] = qc
         model = cls.from_pretrained(args.name_or_path, **kw)
+        if qc is not None:
+            keep_4bit_trainable_on_cpu(model)
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         # New special tokens (template markers, vocabulary extension): rows for them; mean-initialised.
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
@@ -194,6 +196,25 @@ def load_model(args: ModelArgs, tokenizer, *, quant: QuantArgs | None = None, he
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     return model
+
+
+def keep_4bit_trainable_on_cpu(model) -> int:
+    """Stop bitsandbytes repacking 4-bit weights for its CPU inference kernel; returns the layers changed.
+
+    On a CPU with AVX512-BF16, bitsandbytes' ``Linear4bit`` rewrites its weight into an inference-only layout
+    the first time it runs in eval mode without grad (an evaluation before training, a frozen reference pass
+    over a shared LoRA base). From then on the layer's matmul has no backward, so every gradient before it is
+    zero and LoRA adapters silently stop training. Measured with bitsandbytes 0.50.2: QLoRA SFT ended with all
+    LoRA B matrices still zero. Models that are only ever evaluated lose nothing but that kernel's speed.
+    """
+    try:
+        from bitsandbytes.nn import Linear4bit
+    except ImportError:
+        return 0
+    layers = [m for m in model.modules() if isinstance(m, Linear4bit)]
+    for m in layers:
+        m.support_avx512bf16_for_cpu = False
+    return len(layers)
 
 
 def apply_liger(model) -> None:

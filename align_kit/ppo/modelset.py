@@ -120,6 +120,8 @@ def build_models(cfg: PPOConfig, policy_path: str, reward_path: str, dtype: torc
     """Load the four roles from the SFT checkpoint (``policy_path``) and the reward model (``reward_path``)."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+    from align_kit.models import keep_4bit_trainable_on_cpu
+
     frozen_kwargs: dict = {"dtype": dtype}
     if cfg.quantize_frozen:
         from transformers import BitsAndBytesConfig
@@ -139,7 +141,9 @@ def build_models(cfg: PPOConfig, policy_path: str, reward_path: str, dtype: torc
         base_kwargs = frozen_kwargs  # the base *is* the frozen reference / reward model
         policy_base = AutoModelForCausalLM.from_pretrained(policy_path, **base_kwargs)
         reward_base = seq_cls(reward_path, **base_kwargs)
-        if cfg.quantize_frozen:
+        if cfg.quantize_frozen:  # the bases are also trained through (adapters): keep their backward
+            keep_4bit_trainable_on_cpu(policy_base)
+            keep_4bit_trainable_on_cpu(reward_base)
             policy_base = prepare_model_for_kbit_training(policy_base, use_gradient_checkpointing=False)
             reward_base = prepare_model_for_kbit_training(reward_base, use_gradient_checkpointing=False)
         policy = get_peft_model(policy_base, _lora_config(cfg, "CAUSAL_LM"))

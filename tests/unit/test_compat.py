@@ -140,3 +140,27 @@ def test_8bit_and_paged_optimisers_run_on_cpu(optim, paged):
     # Adam's first step moves every weight by about lr against its gradient's sign
     moved = (weight.detach() - before)
     assert 0.008 < moved.abs().mean() < 0.012 and torch.all(torch.sign(moved) == -torch.sign(before))
+
+
+def test_4bit_lora_still_trains_after_an_evaluation_pass(tmp_path):
+    """bitsandbytes repacks a 4-bit layer for its CPU inference kernel (on CPUs with AVX512-BF16) the first time
+    it runs in eval mode without grad, and the repacked layer has no backward. load_model turns that off, so an
+    evaluation before training leaves gradients flowing through every 4-bit layer to the first LoRA adapter.
+    (On a CPU without AVX512-BF16 the repacking never happens and this passes either way.)"""
+    from align_kit.config import ModelArgs, PeftArgs, QuantArgs
+    from align_kit.models import apply_lora, load_model
+    from align_kit.quickstart.model import build_model, build_tokenizer
+
+    tok = build_tokenizer()
+    build_model(tok).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    model = load_model(ModelArgs(name_or_path=str(tmp_path)), tok, quant=QuantArgs(compute_dtype="float32"))
+    model = apply_lora(model, PeftArgs(r=4, alpha=8, target_modules=["q_proj", "v_proj"]), quantized=True)
+    ids = torch.tensor([tok("Length: abcdef").input_ids])
+    model.eval()
+    with torch.no_grad():
+        model(input_ids=ids)
+    model.train()
+    model(input_ids=ids, labels=ids).loss.backward()
+    first_b = next(p for n, p in model.named_parameters() if "layers.0." in n and "lora_B" in n)
+    assert first_b.grad is not None and first_b.grad.abs().sum() > 0
