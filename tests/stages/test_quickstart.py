@@ -111,3 +111,25 @@ def test_ppo_raises_reward_and_verifier_within_the_kl_limit(quickstart):
     assert after["sampled_verifier_accuracy"] > before["sampled_verifier_accuracy"]
     assert max(r["kl"] for r in logs) < limit
     assert all(r["ptx_loss"] < 1.0 for r in logs)  # the demonstrations stay well fitted
+
+
+def test_ppo_fixes_what_the_demonstrations_teach_wrong(quickstart):
+    """On the held-out six-letter 'Length' prompts the SFT model gives the demonstrator's slip (5); after PPO-ptx
+    it gives 6, although the ptx term trains on those slipped demonstrations: the reward model taught it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from align_kit.generation import generate
+    from align_kit.quickstart import tasks
+
+    rows = [json.loads(line) for line in (tasks.HERE / "prompts_test.jsonl").read_text().splitlines()]
+    prompts = [r["prompt"] for r in rows if r["prompt"][-1]["content"].startswith("Length: ")
+               and tasks.answer(r["prompt"][-1]["content"]) == str(tasks.SLIP_MIN_LETTERS)]
+    right = {}
+    for stage in ("sft", "ppo"):
+        model = AutoModelForCausalLM.from_pretrained(quickstart / stage / "model")
+        tok = AutoTokenizer.from_pretrained(quickstart / stage / "model")
+        answers = generate(model, tok, prompts, max_new_tokens=4)
+        right[stage] = sum(a.strip() == str(tasks.SLIP_MIN_LETTERS) for a in answers)
+    print(f"six-letter Length prompts answered right: SFT {right['sft']}/{len(prompts)}, PPO {right['ppo']}/{len(prompts)}")
+    assert len(prompts) >= 10
+    assert right["sft"] <= len(prompts) // 4 and right["ppo"] >= len(prompts) * 3 // 4
