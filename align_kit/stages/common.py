@@ -84,6 +84,7 @@ def train(trainer, output_dir: str | Path, resume: Path | None = None) -> None:
     step. HF Trainer (5.23) resumed from it trains one step more than ``max_steps`` (its loop tests the step
     count only after a step), so the result would differ from the uninterrupted run; load it instead.
     """
+    check_processes_joined(trainer.accelerator)
     ckpt = resume if resume is not None else last_checkpoint(output_dir)
     state_file = Path(ckpt) / "trainer_state.json" if ckpt else None
     if state_file is not None and state_file.exists():
@@ -151,6 +152,31 @@ def save_final(model, tokenizer, output_dir: str | Path, merge_lora: bool = True
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     return final
+
+
+def check_processes_joined(accelerator) -> None:
+    """Stop when a launcher started several processes that accelerate left unconnected, and say so when an
+    FSDP or DeepSpeed config runs as plain data parallelism.
+
+    ``accelerate launch --num_processes 2`` with a GPU config on a machine without GPUs starts two processes
+    whose accelerator reports ``DistributedType.NO``: each would train the whole run alone and write the same
+    output folder. With ``ACCELERATE_USE_CPU=1`` they join over gloo, but accelerate runs FSDP and DeepSpeed
+    configs as DDP on CPU (measured with accelerate 1.15: ``MULTI_CPU``, unsharded parameters).
+    """
+    from align_kit.errors import ConfigError
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and accelerator.num_processes != world:
+        raise ConfigError(
+            f"launched as {world} processes (WORLD_SIZE) but accelerate joined {accelerator.num_processes} "
+            f"(distributed type {accelerator.distributed_type.value}): the accelerate config needs GPUs this "
+            "machine does not have. On CPU set ACCELERATE_USE_CPU=1 (the processes then join over gloo; FSDP and "
+            "DeepSpeed configs run as DDP), or launch a single process.")
+    asked = [name for name, var in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED"))
+             if os.environ.get(var, "").lower() in ("1", "true")]
+    if asked and not is_sharded(accelerator):
+        log.warning("the accelerate config asks for %s, but accelerate runs this launch as %s (no GPU): "
+                    "parameters are replicated, not sharded", asked[0], accelerator.distributed_type.value)
 
 
 def is_sharded(accelerator) -> bool:

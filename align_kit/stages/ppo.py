@@ -152,6 +152,7 @@ def run(recipe) -> Path:
         family = get_family(recipe.model.family)
     cfg = ppo_config(recipe, family.lora_targets)
     acc = Accelerator()
+    common.check_processes_joined(acc)
     models = build_models(cfg, str(policy_dir), str(reward_dir), dtype=resolve_dtype(recipe.model.dtype),
                           pad_token_id=tokenizer.pad_token_id)
     run_info = start_run(recipe, data, extra={"train_prompts": len(train_ids), "eval_prompts": len(eval_ids)})

@@ -85,3 +85,45 @@ def test_deepspeed_configs_point_at_existing_json_of_their_stage(stage):
     assert ds["zero_optimization"]["stage"] == stage
     assert ds["train_micro_batch_size_per_gpu"] == "auto" and ds["bf16"]["enabled"] == "auto"
     assert cfg["deepspeed_config"]["zero3_init_flag"] is (stage == 3)
+
+
+def test_processes_a_gpu_config_leaves_unjoined_on_cpu_are_stopped(tmp_path):
+    """``accelerate launch --num_processes 2`` with the DDP config on a machine without GPUs (and without
+    ACCELERATE_USE_CPU) starts two processes that accelerate does not join: each would run the whole stage
+    alone into the same folder. The stages' check stops them with the fix in the message."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "joined.py"
+    script.write_text("from accelerate import Accelerator\nfrom align_kit.stages.common import check_processes_joined\n"
+                      "check_processes_joined(Accelerator())\nprint('joined')\n")
+    env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FOLDER / "ddp.yaml"),
+           "--num_processes", "2", "--main_process_port", "0", str(script)]
+    proc = subprocess.run(cmd, env={**env, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode != 0 and "joined" not in proc.stdout
+    assert "launched as 2 processes (WORLD_SIZE) but accelerate joined 1" in proc.stderr
+    assert "ACCELERATE_USE_CPU=1" in proc.stderr
+    ok = subprocess.run(cmd, env={**env, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}, capture_output=True,
+                        text=True, timeout=120)
+    assert ok.returncode == 0 and ok.stdout.count("joined") == 2, ok.stderr[-2000:]
+
+
+def test_fsdp_config_run_as_ddp_on_cpu_is_reported(monkeypatch, caplog):
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from align_kit.stages.common import check_processes_joined
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with caplog.at_level("WARNING", logger="align_kit"):
+        check_processes_joined(SimpleNamespace(num_processes=2, distributed_type=DistributedType.MULTI_CPU))
+    assert "asks for FSDP, but accelerate runs this launch as MULTI_CPU" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="align_kit"):
+        check_processes_joined(SimpleNamespace(num_processes=2, distributed_type=DistributedType.FSDP))
+    assert not caplog.text
