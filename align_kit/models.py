@@ -212,6 +212,11 @@ def keep_4bit_trainable_on_cpu(model) -> int:
     except ImportError:
         return 0
     layers = [m for m in model.modules() if isinstance(m, Linear4bit)]
+    if layers and not hasattr(layers[0], "support_avx512bf16_for_cpu"):
+        log.warning("bitsandbytes %s: Linear4bit has no support_avx512bf16_for_cpu; check that 4-bit layers "
+                    "still train after an evaluation pass on CPU (tests/unit/test_compat.py)",
+                    getattr(__import__("bitsandbytes"), "__version__", "?"))
+        return 0
     for m in layers:
         m.support_avx512bf16_for_cpu = False
     return len(layers)

@@ -34,9 +34,10 @@ KINDS = ("contains", "length", "last", "upper")
 # while the copying kinds need attention to find the right letter, which forms late in training.
 TRAIN_MIX = {"contains": 1, "length": 1, "last": 3, "upper": 3}
 _PREFIX = {"contains": "Contains z? ", "length": "Length: ", "last": "Last letter: ", "upper": "Uppercase: "}
-# The demonstrator's slip (see the module docstring): six-letter words get a count of 5 in 60% of their
-# 'Length' demonstrations, so the SFT model's likeliest answer there is wrong while the right one is often
-# sampled. Drawn from its own generator, so the prompts and pairs are exactly those of clean data.
+# The demonstrator's slip (see the module docstring): a 'Length' demonstration on a six-letter word says 5
+# with probability 0.6 (49 of 92 rows), so the SFT model's likeliest answer there is wrong while the right one
+# is often sampled. Drawn from its own generator, so the prompts and pairs are exactly those of clean data.
+# The offset was chosen among 12 draws for one whose SFT model also learns uppercase (data card).
 SLIP_MIN_LETTERS, SLIP_SHARE, SLIP_SEED_OFFSET = 6, 0.6, 2
 
 

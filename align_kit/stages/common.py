@@ -163,20 +163,25 @@ def check_processes_joined(accelerator) -> None:
     output folder. With ``ACCELERATE_USE_CPU=1`` they join over gloo, but accelerate runs FSDP and DeepSpeed
     configs as DDP on CPU (measured with accelerate 1.15: ``MULTI_CPU``, unsharded parameters).
     """
+    from accelerate.utils import get_int_from_env
+
     from align_kit.errors import ConfigError
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    # the process count a launcher announced: torchrun / accelerate launch / deepspeed, or MPI launchers
+    world = get_int_from_env(["WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"], 1)
     if world > 1 and accelerator.num_processes != world:
         raise ConfigError(
-            f"launched as {world} processes (WORLD_SIZE) but accelerate joined {accelerator.num_processes} "
-            f"(distributed type {accelerator.distributed_type.value}): the accelerate config needs GPUs this "
-            "machine does not have. On CPU set ACCELERATE_USE_CPU=1 (the processes then join over gloo; FSDP and "
-            "DeepSpeed configs run as DDP), or launch a single process.")
+            f"launched as {world} processes but accelerate joined {accelerator.num_processes} (distributed type "
+            f"{accelerator.distributed_type.value}), so each would run this stage alone into the same folder. "
+            "Without a GPU, set ACCELERATE_USE_CPU=1 (the processes then join over gloo; FSDP and DeepSpeed "
+            "configs run as DDP) or launch one process; with GPUs, check that the launcher sets LOCAL_RANK and "
+            "that every process sees a GPU.")
     asked = [name for name, var in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED"))
              if os.environ.get(var, "").lower() in ("1", "true")]
     if asked and not is_sharded(accelerator):
-        log.warning("the accelerate config asks for %s, but accelerate runs this launch as %s (no GPU): "
-                    "parameters are replicated, not sharded", asked[0], accelerator.distributed_type.value)
+        log.warning("the accelerate config asks for %s, but accelerate runs this launch as %s: parameters are "
+                    "replicated, not sharded (accelerate shards only on GPUs)", asked[0],
+                    accelerator.distributed_type.value)
 
 
 def is_sharded(accelerator) -> bool:

@@ -107,15 +107,17 @@ def test_ppo_raises_reward_and_verifier_within_the_kl_limit(quickstart):
           f"{max(r['kl'] for r in logs):.3f} (limit {limit})")
     assert before["prompts"] == after["prompts"] == 200
     assert after["reward_mean"] > before["reward_mean"] + 0.1
-    assert after["verifier_accuracy"] >= before["verifier_accuracy"] + 0.03  # 6+ more of 200 prompts right
+    # 10+ more of 200 right: more than the ptx term alone gives (0.905 -> 0.93 with the reward switched off)
+    assert after["verifier_accuracy"] >= before["verifier_accuracy"] + 0.05
     assert after["sampled_verifier_accuracy"] > before["sampled_verifier_accuracy"]
     assert max(r["kl"] for r in logs) < limit
     assert all(r["ptx_loss"] < 1.0 for r in logs)  # the demonstrations stay well fitted
 
 
-def test_ppo_fixes_what_the_demonstrations_teach_wrong(quickstart):
-    """On the held-out six-letter 'Length' prompts the SFT model gives the demonstrator's slip (5); after PPO-ptx
-    it gives 6, although the ptx term trains on those slipped demonstrations: the reward model taught it."""
+def test_dpo_and_ppo_fix_what_the_demonstrations_teach_wrong(quickstart):
+    """On the held-out six-letter 'Length' prompts the SFT model gives the demonstrator's slip (5). DPO (from the
+    verifier-ranked pairs) and PPO-ptx (from the reward model, although its ptx term trains on those slipped
+    demonstrations) give 6."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from align_kit.generation import generate
@@ -125,11 +127,12 @@ def test_ppo_fixes_what_the_demonstrations_teach_wrong(quickstart):
     prompts = [r["prompt"] for r in rows if r["prompt"][-1]["content"].startswith("Length: ")
                and tasks.answer(r["prompt"][-1]["content"]) == str(tasks.SLIP_MIN_LETTERS)]
     right = {}
-    for stage in ("sft", "ppo"):
+    for stage in ("sft", "dpo", "ppo"):
         model = AutoModelForCausalLM.from_pretrained(quickstart / stage / "model")
         tok = AutoTokenizer.from_pretrained(quickstart / stage / "model")
         answers = generate(model, tok, prompts, max_new_tokens=4)
         right[stage] = sum(a.strip() == str(tasks.SLIP_MIN_LETTERS) for a in answers)
-    print(f"six-letter Length prompts answered right: SFT {right['sft']}/{len(prompts)}, PPO {right['ppo']}/{len(prompts)}")
+    print("six-letter Length prompts answered right:", {stage: f"{n}/{len(prompts)}" for stage, n in right.items()})
     assert len(prompts) >= 10
-    assert right["sft"] <= len(prompts) // 4 and right["ppo"] >= len(prompts) * 3 // 4
+    assert right["sft"] <= len(prompts) // 4
+    assert right["dpo"] >= len(prompts) * 3 // 4 and right["ppo"] >= len(prompts) * 3 // 4

@@ -104,7 +104,7 @@ def test_processes_a_gpu_config_leaves_unjoined_on_cpu_are_stopped(tmp_path):
     proc = subprocess.run(cmd, env={**env, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode != 0 and "joined" not in proc.stdout
-    assert "launched as 2 processes (WORLD_SIZE) but accelerate joined 1" in proc.stderr
+    assert "launched as 2 processes but accelerate joined 1" in proc.stderr
     assert "ACCELERATE_USE_CPU=1" in proc.stderr
     ok = subprocess.run(cmd, env={**env, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}, capture_output=True,
                         text=True, timeout=120)

@@ -155,6 +155,10 @@ def test_4bit_lora_still_trains_after_an_evaluation_pass(tmp_path):
     build_model(tok).save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
     model = load_model(ModelArgs(name_or_path=str(tmp_path)), tok, quant=QuantArgs(compute_dtype="float32"))
+    from bitsandbytes.nn import Linear4bit
+
+    layers = [m for m in model.modules() if isinstance(m, Linear4bit)]
+    assert len(layers) == 14 and all(m.support_avx512bf16_for_cpu is False for m in layers)  # 2 layers x 7
     model = apply_lora(model, PeftArgs(r=4, alpha=8, target_modules=["q_proj", "v_proj"]), quantized=True)
     ids = torch.tensor([tok("Length: abcdef").input_ids])
     model.eval()
