@@ -62,6 +62,7 @@ class PPOConfig:
     entropy_coef: float = 0.0  # entropy bonus weight (subtracted from the loss)
     ptx_coef: float = 0.0  # PPO-ptx (InstructGPT): weight of an SFT loss on demonstrations added per minibatch
     approx_kl_estimator: str = "k3"  # logged approx KL(old||new): "k3" or "sq" (0.5 * logratio^2)
+    target_kl: float | None = None  # stop a step's remaining updates once approx KL passes 1.5 x this (SB3-style)
     # --- logging and checkpoints
     logging_steps: int = 1  # log metrics every N steps
     sample_steps: int = 5  # log a few decoded generations every N steps
@@ -98,6 +99,8 @@ class PPOConfig:
             raise ConfigError("ppo: clip_range and clip_range_value must be positive")
         if self.kl_limit is not None and self.kl_limit <= 0:
             raise ConfigError(f"ppo: kl_limit {self.kl_limit} must be positive (or null for no limit)")
+        if self.target_kl is not None and self.target_kl <= 0:
+            raise ConfigError(f"ppo: target_kl {self.target_kl} must be positive (or null for no early stop)")
         if self.ptx_coef < 0:
             raise ConfigError(f"ppo: ptx_coef {self.ptx_coef} must be >= 0 (0 turns PPO-ptx off)")
         if self.memory_mode == "lora" and self.critic_init != "reward":

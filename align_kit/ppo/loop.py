@@ -221,10 +221,13 @@ class PPOTrainer:
         # demonstrations for the PPO-ptx term: drawn from a generator seeded by the step and the process, so a
         # resumed run draws the same rows without storing any data-loader state
         ptx_draw = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step_done * 101 + acc.process_index)
+        updates, stopped = 0, False
         for _ in range(cfg.ppo_epochs):
+            if stopped:
+                break
             order = torch.randperm(len(exp))
             for update in range(cfg.updates_per_epoch):
-                finite = True
+                finite, update_kl = True, 0.0
                 for micro in range(cfg.gradient_accumulation_steps):
                     first = (update * cfg.gradient_accumulation_steps + micro) * size
                     mb = exp.select(order[first:first + size].to(exp.query_ids.device))
@@ -244,10 +247,21 @@ class PPOTrainer:
                         acc.backward(loss / cfg.gradient_accumulation_steps)
                     for key, value in parts.items():
                         sums[key] = sums.get(key, 0.0) + value
+                    update_kl += parts["approx_kl"] / cfg.gradient_accumulation_steps
                     count += 1
                 bad = acc.reduce(torch.tensor(0.0 if finite else 1.0, device=acc.device), reduction="sum")
                 if bad.item() > 0:
                     self._stop("the PPO loss became NaN or infinite")
+                if cfg.target_kl is not None:
+                    # approx KL of these minibatches under the policy before this update, averaged over the
+                    # processes so that all of them stop together; past 1.5 x target the update is dropped
+                    kl_now = acc.reduce(torch.tensor(update_kl, device=acc.device), reduction="mean").item()
+                    if kl_now > 1.5 * cfg.target_kl:
+                        self.opt_policy.zero_grad(set_to_none=True)
+                        self.opt_critic.zero_grad(set_to_none=True)
+                        stopped = True
+                        break
+                updates += 1
                 for model, opt, sched in ((self.policy, self.opt_policy, self.sched_policy),
                                           (self.critic, self.opt_critic, self.sched_critic)):
                     torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
@@ -256,7 +270,9 @@ class PPOTrainer:
                     sched.step()
                     opt.zero_grad(set_to_none=True)
         local = torch.tensor([sums[k] / count for k in sorted(sums)], device=acc.device)
-        return dict(zip(sorted(sums), acc.reduce(local, reduction="mean").tolist()))
+        out = dict(zip(sorted(sums), acc.reduce(local, reduction="mean").tolist()))
+        out["updates"] = float(updates)  # optimiser steps taken; fewer than planned when target_kl stopped them
+        return out
 
     def _minibatch_loss(self, mb: Experience, prompt_len: int) -> tuple[torch.Tensor, dict]:
         cfg, mask = self.cfg, mb.response_mask

@@ -150,6 +150,26 @@ def test_short_run_trains_policy_and_critic_only(ckpts, tokenizer, tmp_path):
     assert torch.equal(reloaded.lm_head.weight, models.policy.lm_head.weight)
 
 
+def test_target_kl_drops_the_updates_after_the_policy_moved_too_far(ckpts, tokenizer, tmp_path):
+    """With target_kl set, a step stops its remaining updates once the approximate KL of the next minibatches
+    (measured before their update) passes 1.5 x target_kl. The first update of a step sees the rollout policy
+    itself (approx KL ~1e-13), so it is always taken; at a tiny target every later one is dropped."""
+    from align_kit.errors import ConfigError
+
+    plain = trainer_for(make_cfg(steps=2), ckpts, tokenizer, tmp_path / "plain")
+    plain.train()
+    stopped = trainer_for(make_cfg(steps=2, target_kl=1e-9), ckpts, tokenizer, tmp_path / "stopped")
+    before = trained(stopped.models.policy)
+    stopped.train()
+    logs = {name: [json.loads(line) for line in (tmp_path / name / "ppo_log.jsonl").read_text().splitlines()]
+            for name in ("plain", "stopped")}
+    assert [r["updates"] for r in logs["plain"]] == [2.0, 2.0]  # 2 epochs x 1 optimiser step
+    assert [r["updates"] for r in logs["stopped"]] == [1.0, 1.0]
+    assert any(not torch.equal(p, before[n]) for n, p in trained(stopped.models.policy).items())
+    with pytest.raises(ConfigError, match="target_kl"):
+        make_cfg(target_kl=0.0)
+
+
 def test_lora_mode_shares_bases(ckpts, tokenizer, tmp_path):
     from transformers import AutoModelForCausalLM
 
