@@ -45,8 +45,9 @@ def main(sft: str, rm: str, out: str) -> None:
     acc = Accelerator(cpu=True)
     tok = AutoTokenizer.from_pretrained(sft)
     cfg = PPOConfig(steps=4, save_steps=2, batch_size=2, mini_batch_size=1, gradient_accumulation_steps=2,
-                    ppo_epochs=1, max_new_tokens=5, learning_rate=3e-3, critic_learning_rate=3e-3,
-                    sample_steps=4, save_total_limit=None, ptx_coef=0.5)  # ptx on: its draws must resume too
+                    ppo_epochs=2, max_new_tokens=5, learning_rate=3e-3, critic_learning_rate=3e-3,
+                    sample_steps=4, save_total_limit=None, ptx_coef=0.5,  # ptx on: its draws must resume too
+                    target_kl=1e-9)  # the second epoch's update is dropped on both processes together
     full, start, _, steps = run(cfg, sft, rm, Path(out) / "full", acc, tok)
     # a run killed while writing checkpoint-4: only checkpoint-2 and a half-written .tmp remain
     if acc.is_main_process:
