@@ -208,6 +208,7 @@ def keep_4bit_trainable_on_cpu(model) -> int:
     LoRA B matrices still zero. Models that are only ever evaluated lose nothing but that kernel's speed.
     """
     try:
+        import bitsandbytes
         from bitsandbytes.nn import Linear4bit
     except ImportError:
         return 0
@@ -215,7 +216,7 @@ def keep_4bit_trainable_on_cpu(model) -> int:
     if layers and not hasattr(layers[0], "support_avx512bf16_for_cpu"):
         log.warning("bitsandbytes %s: Linear4bit has no support_avx512bf16_for_cpu; check that 4-bit layers "
                     "still train after an evaluation pass on CPU (tests/unit/test_compat.py)",
-                    getattr(__import__("bitsandbytes"), "__version__", "?"))
+                    getattr(bitsandbytes, "__version__", "?"))
         return 0
     for m in layers:
         m.support_avx512bf16_for_cpu = False
