@@ -319,6 +319,17 @@ def test_nan_guard_and_kl_limit_keep_last_checkpoint(ckpts, tokenizer, tmp_path)
     assert (tmp_path / "nan" / "checkpoint-1" / "trainer_state.json").exists()
     assert not (tmp_path / "nan" / "checkpoint-2").exists()
 
+    # a non-finite PPO-ptx loss (the PPO loss itself finite) stops the run the same way
+    ptx = trainer_for(make_cfg(steps=1, ptx_coef=1.0), ckpts, tokenizer, tmp_path / "ptx")
+    ptx.train()
+    ptx.cfg = replace(ptx.cfg, steps=2)
+    ptx._ptx_loss = lambda draw: torch.tensor(float("nan"), requires_grad=True)
+    with pytest.raises(PPODivergedError, match=r"step 2: .*NaN.*checkpoint-1"):
+        ptx.train()
+    assert not (tmp_path / "ptx" / "checkpoint-2").exists()
+    # stopped before the first optimiser step that would have applied the NaN gradient
+    assert all(torch.isfinite(p).all() for p in ptx.models.policy.parameters())
+
     limited = trainer_for(make_cfg(steps=3, kl_limit=1e-6), ckpts, tokenizer, tmp_path / "kl")
     with pytest.raises(PPODivergedError, match=r"step 2: mean KL .* exceeds kl_limit 1e-06.*checkpoint-1"):
         limited.train()
