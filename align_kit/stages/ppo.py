@@ -59,6 +59,13 @@ def checkpoint_dir(path: str) -> Path:
 def _check(recipe) -> None:
     if recipe.data is None:
         raise ConfigError("data: the ppo stage needs prompts (data.train)")
+    opts = recipe.options
+    for name, least in (("max_prompt_length", 1), ("eval_max_new_tokens", 1), ("eval_prompts", 0),
+                        ("eval_samples", 0)):
+        value = getattr(opts, name)
+        if value < least:
+            raise ConfigError(f"ppo.{name}: {value}; expected an integer >= {least}"
+                              + (" (0 turns it off)" if least == 0 else ""))
     if recipe.peft is not None and recipe.trainer.get("memory_mode", "separate") != "lora":
         raise ConfigError("peft: a LoRA block in a ppo recipe means LoRA mode; set trainer.memory_mode: lora")
     if recipe.trainer.get("memory_mode") == "lora" and recipe.peft is None:

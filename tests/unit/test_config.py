@@ -84,3 +84,18 @@ def test_eval_only_split_cannot_train():
     with pytest.raises(ConfigError, match="evaluation-only"):
         card.split_location("test", for_training=True)
     assert card.split_location("test", for_training=False).endswith("sft_test.jsonl")
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("eval_samples", -3, r"ppo.eval_samples: -3; expected an integer >= 0 \(0 turns it off\)"),
+    ("eval_prompts", -1, r"ppo.eval_prompts: -1; expected an integer >= 0"),
+    ("max_prompt_length", 0, r"ppo.max_prompt_length: 0; expected an integer >= 1"),
+    ("eval_max_new_tokens", 0, r"ppo.eval_max_new_tokens: 0; expected an integer >= 1"),
+])
+def test_ppo_options_out_of_range_are_refused(key, value, message):
+    """A negative eval_prompts would have sliced off the last held-out prompt; a negative eval_samples
+    would have turned the sampled evaluation off without a word."""
+    raw = {"stage": "ppo", "output_dir": "runs/x", "model": {"name_or_path": "builtin:tiny-llama"},
+           "data": {"train": [{"name": "quickstart-tasks"}]}, "ppo": {"reward_model": "runs/rm", key: value}}
+    with pytest.raises(ConfigError, match=message):
+        recipe_from_dict(raw)
