@@ -26,6 +26,8 @@ def register(sub, data_sub) -> None:
     q = sub.add_parser("quickstart", help="run the offline quickstart pipeline: SFT, reward, DPO, PPO on CPU")
     q.add_argument("--output-dir", default="runs/quickstart")
     q.add_argument("--set", action="append", default=[], metavar="STAGE:key=value")
+    q.add_argument("--seed", type=int, default=0,
+                   help="draw the task data from this seed and add it to every stage's seed (0: the shipped data)")
     q.set_defaults(func=cmd_quickstart)
 
     c = data_sub.add_parser("convert", help="convert instruction data to the messages schema")
@@ -81,7 +83,16 @@ def cmd_quickstart(args) -> int:
     if not path.is_file():
         raise ConfigError(f"{path} not found: the quickstart runs from a clone of the repository "
                           "(pip install -e .), whose recipes/ it uses")
-    out = run_pipeline(str(path), _stage_overrides(args.set), args.output_dir)
+    overrides: dict[str, list[str]] = {}
+    if args.seed:
+        from align_kit.quickstart import seed_overrides
+
+        if args.seed < 0:
+            raise ConfigError(f"--seed {args.seed}: expected a seed >= 0")
+        overrides = seed_overrides(path, args.seed, Path(args.output_dir) / "data")
+    for stage, items in _stage_overrides(args.set).items():
+        overrides.setdefault(stage, []).extend(items)
+    out = run_pipeline(str(path), overrides, args.output_dir)
     print(f"done: {out} (report: {out / 'report.md'})")
     return 0
 

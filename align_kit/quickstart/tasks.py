@@ -1,23 +1,24 @@
 """The quickstart task family: short instructions whose answers a program checks.
 
-Four kinds, chosen so the 0.44M-parameter builtin model can *generalise* to unseen prompts on a CPU in minutes:
-each answer copies or maps characters at a fixed distance from the reply (what attention with rotary
-positions learns first) rather than needing memorised facts.
+Three kinds, chosen so the 0.44M-parameter builtin model learns each of them on a CPU in minutes, for any
+seed: each answer needs a letter's presence, a count, or a copy at a fixed distance from the reply (what
+attention with rotary positions learns first), never a memorised fact or a long mapped copy.
 
->>> answer("Contains z? lazy"), answer("Length: abcd"), answer("Last letter: abc"), answer("Uppercase: abc")
-('yes', '4', 'c', 'ABC')
+>>> answer("Contains z? lazy"), answer("Length: abcd"), answer("Last letter: abc")
+('yes', '4', 'c')
 >>> verify("Length: abcd", " 4 "), verify("Length: abcd", "5")
 (True, False)
 
-The kinds get harder in that order (presence of a letter anywhere; counting; a copy at a fixed distance;
-a mapped copy of every letter), so a short SFT run gets some right and leaves room for DPO and PPO.
-
 The demonstrations (the SFT data) carry one systematic slip that the comparisons do not, the situation RLHF
-is for: writing an answer is harder than checking one. The demonstrator miscounts long words (``SLIP_SHARE``
-of the 'Length' demonstrations on words of ``SLIP_MIN_LETTERS`` letters answer one less), while every
-preference pair is ranked by the verifier. SFT learns the slip; the reward model, DPO and PPO can unlearn it.
+is for: writing an answer is harder than checking one. The demonstrator miscounts long words: ``SLIP_SHARE``
+of the 'Length' demonstrations on words of ``SLIP_MIN_LETTERS`` or more letters answer one less, while every
+preference pair is ranked by the verifier. SFT learns the slip (its likeliest count for a long word is one
+short, the right one is still sampled); the reward model, DPO, PPO and GRPO can unlearn it. The slip covers
+half the 'Length' prompts, a sixth of the held-out set, so its fix is large next to seed-to-seed noise.
 
-``python -m align_kit.quickstart.tasks`` regenerates the shipped jsonl files (a test checks they match).
+Everything is drawn from ``seed``: the prompts, which demonstrations slip and the wrong answers of the pairs.
+``python -m align_kit.quickstart.tasks`` regenerates the shipped jsonl files (seed 0; a test checks they
+match); ``align-kit quickstart --seed N`` draws another data set and trains on it.
 """
 
 from __future__ import annotations
@@ -28,21 +29,20 @@ import string
 from pathlib import Path
 
 HERE = Path(__file__).parent
-KINDS = ("contains", "length", "last", "upper")
-# Share of each kind among the *training* prompts (the test split stays 50 per kind). Each kind gets the
-# examples it needs: 'contains' and 'length' are learnt within a few epochs from a few hundred examples,
-# while the copying kinds need attention to find the right letter, which forms late in training.
-TRAIN_MIX = {"contains": 1, "length": 1, "last": 3, "upper": 3}
-_PREFIX = {"contains": "Contains z? ", "length": "Length: ", "last": "Last letter: ", "upper": "Uppercase: "}
-# The demonstrator's slip (see the module docstring): a 'Length' demonstration on a six-letter word says 5
-# with probability 0.6 (49 of 92 rows), so the SFT model's likeliest answer there is wrong while the right one
-# is often sampled. Drawn from its own generator, so the prompts and pairs are exactly those of clean data.
-# The offset was chosen among 12 draws for one whose SFT model also learns uppercase (data card).
-SLIP_MIN_LETTERS, SLIP_SHARE, SLIP_SEED_OFFSET = 6, 0.6, 2
+KINDS = ("contains", "length")
+# Share of each kind among the *training* prompts (the test split has the same number of each kind).
+TRAIN_MIX = {"contains": 1, "length": 1}
+_PREFIX = {"contains": "Contains z? ", "length": "Length: ", "last": "Last letter: "}
+MIN_LETTERS, MAX_LETTERS = 3, 6
+# The demonstrator's slip (see the module docstring): a 'Length' demonstration on a word of 5 or 6 letters
+# says one less with probability 0.65, so the SFT model's likeliest count there is wrong while the right one
+# keeps about a third of the probability, enough to be sampled.
+SLIP_MIN_LETTERS, SLIP_SHARE = 5, 0.65
+N_TRAIN, N_TEST = 2000, 240
 
 
 def make_prompt(kind: str, rng: random.Random) -> str:
-    word = [rng.choice(string.ascii_lowercase) for _ in range(rng.randint(3, 6))]
+    word = [rng.choice(string.ascii_lowercase) for _ in range(rng.randint(MIN_LETTERS, MAX_LETTERS))]
     if kind == "contains":  # half the words get a z, so "yes" and "no" are equally likely
         word = [c for c in word if c != "z"] or ["a"]
         if rng.random() < 0.5:
@@ -60,8 +60,6 @@ def answer(prompt: str) -> str:
             return str(len(arg))
         if head == "Last letter":
             return arg[-1]
-        if head == "Uppercase":
-            return arg.upper()
     raise ValueError(f"not a quickstart prompt: {prompt!r}")
 
 
@@ -70,15 +68,43 @@ def verify(prompt: str, response: str) -> bool:
     return response.strip() == answer(prompt)
 
 
+def kind_of(prompt: str) -> str:
+    """The prompt's kind, with the 'Length' prompts the demonstrator miscounts apart ('length, slipped').
+
+    >>> kind_of("Contains z? lazy"), kind_of("Length: abcd"), kind_of("Length: abcdef")
+    ('contains', 'length', 'length, slipped')
+    """
+    kind = next((k for k, p in _PREFIX.items() if prompt.startswith(p)), None)
+    if kind is None:
+        raise ValueError(f"not a quickstart prompt: {prompt!r}")
+    if kind == "length" and int(answer(prompt)) >= SLIP_MIN_LETTERS:
+        return "length, slipped"
+    return kind
+
+
+def accuracy_by_kind(prompts: list[str], responses: list[str]) -> dict[str, float]:
+    """Verifier accuracy per ``kind_of``, plus 'all'.
+
+    >>> accuracy_by_kind(["Length: ab", "Length: abcde", "Contains z? az"], ["2", "4", "yes"])
+    {'all': 0.6667, 'contains': 1.0, 'length': 1.0, 'length, slipped': 0.0}
+    """
+    groups: dict[str, list[bool]] = {"all": []}
+    for prompt, response in zip(prompts, responses, strict=True):
+        ok = verify(prompt, response)
+        groups["all"].append(ok)
+        groups.setdefault(kind_of(prompt), []).append(ok)
+    return {k: round(sum(v) / len(v), 4) for k, v in sorted(groups.items())}
+
+
 def demonstration(prompt: str, rng: random.Random) -> str:
     """The SFT demonstration for ``prompt``: the right answer, except that ``SLIP_SHARE`` of 'Length' prompts on
     words of at least ``SLIP_MIN_LETTERS`` letters get one less.
 
     >>> rng = random.Random(0)
-    >>> sorted({demonstration("Length: abcdef", rng) for _ in range(50)}), demonstration("Length: abcde", rng)
-    (['5', '6'], '5')
-    >>> demonstration("Uppercase: abcdef", rng)
-    'ABCDEF'
+    >>> sorted({demonstration("Length: abcdef", rng) for _ in range(50)}), demonstration("Length: abcd", rng)
+    (['5', '6'], '4')
+    >>> demonstration("Last letter: abcdef", rng)
+    'f'
     """
     right = answer(prompt)
     if prompt.startswith(_PREFIX["length"]) and int(right) >= SLIP_MIN_LETTERS and rng.random() < SLIP_SHARE:
@@ -87,39 +113,18 @@ def demonstration(prompt: str, rng: random.Random) -> str:
 
 
 def wrong_answer(prompt: str, rng: random.Random) -> str:
-    """A plausible mistake, never the right answer: the opposite yes/no, a count off by one or two, another
-    letter, or one edit of an upper-cased word (two letters swapped, one dropped, changed, miscased, or
-    copied from its neighbour, the small model's commonest slip: 'SHHFG' for 'SHJFG').
+    """A plausible mistake, never the right answer: the opposite yes/no, a count off by one or two, or
+    another letter.
 
-    >>> rng = random.Random(0); all(not verify(p, wrong_answer(p, rng)) for p in ["Length: ab", "Uppercase: abc"])
+    >>> rng = random.Random(0); all(not verify(p, wrong_answer(p, rng)) for p in ["Length: ab", "Last letter: abc"])
     True
     """
     right = answer(prompt)
     if right in ("yes", "no"):
         return {"yes": "no", "no": "yes"}[right]
     if right.isdigit():
-        return str(int(right) + rng.choice([-2, -1, 1, 2]) if int(right) > 1 else int(right) + rng.choice([1, 2]))
-    if len(right) == 1:  # a single letter: any other letter of the same case
-        return rng.choice([c for c in string.ascii_lowercase if c != right])
-    for _ in range(20):
-        chars = list(right)
-        i = rng.randrange(len(chars))
-        move = rng.choice(["swap", "case", "letter", "drop", "neighbour"])
-        if move == "swap" and len(chars) > 1:
-            j = (i + 1) % len(chars)
-            chars[i], chars[j] = chars[j], chars[i]
-        elif move == "case":
-            chars[i] = chars[i].swapcase()
-        elif move == "letter":
-            chars[i] = rng.choice(string.ascii_lowercase if right.islower() else string.ascii_uppercase)
-        elif move == "neighbour":
-            chars[i] = chars[i - 1] if i else chars[1]
-        else:
-            del chars[i]
-        wrong = "".join(chars)
-        if wrong != right and wrong:
-            return wrong
-    return right + right[-1]
+        return str(int(right) + rng.choice([-2, -1, 1, 2]))
+    return rng.choice([c for c in string.ascii_lowercase if c != right])
 
 
 def conversation(prompt: str, response: str | None = None) -> list[dict]:
@@ -129,7 +134,7 @@ def conversation(prompt: str, response: str | None = None) -> list[dict]:
     return msgs
 
 
-def split_prompts(n_train: int = 3000, n_test: int = 200, seed: int = 0) -> tuple[list[str], list[str]]:
+def split_prompts(n_train: int = N_TRAIN, n_test: int = N_TEST, seed: int = 0) -> tuple[list[str], list[str]]:
     """Disjoint train/test prompt lists; each kind equally represented in the test split."""
     rng = random.Random(seed)
     test, seen = [], set()
@@ -147,22 +152,25 @@ def split_prompts(n_train: int = 3000, n_test: int = 200, seed: int = 0) -> tupl
 
 
 def write_files(out: Path = HERE, seed: int = 0) -> dict[str, int]:
-    """Write the shipped data: SFT conversations (with the demonstrator's slip in train), preference pairs
-    (verifier-ranked) and PPO prompts, train and test."""
-    rng, slip_rng = random.Random(seed + 1), random.Random(seed + SLIP_SEED_OFFSET)
+    """Write the data drawn from ``seed``: SFT conversations (with the demonstrator's slip in train), preference
+    pairs (verifier-ranked) and RL prompts, train and test. Each draw has its own generator, derived from
+    ``seed``, so changing one (say the slip) leaves the others as they were."""
     train, test = split_prompts(seed=seed)
+    pair_rng, slip_rng = random.Random(f"pairs-{seed}"), random.Random(f"slip-{seed}")
+    pairs = lambda prompts: [{"prompt": conversation(p), "chosen": [{"role": "assistant", "content": answer(p)}],  # noqa: E731
+                              "rejected": [{"role": "assistant", "content": wrong_answer(p, pair_rng)}]}
+                             for p in prompts]
     files = {  # the held-out demonstrations stay correct: they are the reference answers
         "sft_train.jsonl": [{"messages": conversation(p, demonstration(p, slip_rng))} for p in train],
         "sft_test.jsonl": [{"messages": conversation(p, answer(p))} for p in test],
-        "pref_train.jsonl": [{"prompt": conversation(p), "chosen": [{"role": "assistant", "content": answer(p)}],
-                              "rejected": [{"role": "assistant", "content": wrong_answer(p, rng)}]} for p in train],
-        "pref_test.jsonl": [{"prompt": conversation(p), "chosen": [{"role": "assistant", "content": answer(p)}],
-                             "rejected": [{"role": "assistant", "content": wrong_answer(p, rng)}]} for p in test],
+        "pref_train.jsonl": pairs(train),
+        "pref_test.jsonl": pairs(test),
         "prompts_train.jsonl": [{"prompt": conversation(p)} for p in train],
         "prompts_test.jsonl": [{"prompt": conversation(p)} for p in test],
     }
+    Path(out).mkdir(parents=True, exist_ok=True)
     for name, rows in files.items():
-        with open(out / name, "w", encoding="utf-8") as fh:
+        with open(Path(out) / name, "w", encoding="utf-8", newline="\n") as fh:
             for row in rows:
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     return {name: len(rows) for name, rows in files.items()}
