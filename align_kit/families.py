@@ -200,6 +200,8 @@ def apply_family(tokenizer, template: Template, family: Family, *, override_temp
     reference ``align-kit data check-template`` compares against).
     """
     notes = []
+    # The version the vocabulary says (the served format), whatever template training was told to use.
+    tokenizer.align_kit_detected_template = detect_template(family, tokenizer.get_vocab()).name
     existing = getattr(tokenizer, "chat_template", None)
     if isinstance(existing, dict):  # named variants: the default one is what apply_chat_template uses
         existing = existing.get("default")

@@ -66,3 +66,146 @@ class Report:
     @property
     def ok(self) -> bool:
         return not self.mismatches
+
+    def summary(self) -> str:
+        head = (f"chat template check against {self.reference}: {len(self.checked)} conversations "
+                f"{'identical' if self.ok else 'rendered'}")
+        if self.mismatches:
+            head += f", {len(self.mismatches)} differ ({', '.join(m.case for m in self.mismatches)})"
+        return head
+
+    def lines(self) -> list[str]:
+        out = [self.summary()]
+        for case, why in self.skipped.items():
+            out.append(f"  skipped '{case}': {why}")
+        for m in self.mismatches:
+            out.append(f"  '{m.case}': first difference at token {m.position} "
+                       f"(training {m.lengths[0]} tokens, reference {m.lengths[1]})")
+            out.append(f"    training : {' '.join(m.training)}")
+            out.append(f"    reference: {' '.join(m.reference)}")
+        return out
+
+
+# Official templates, inside TRL, of the family versions align_kit renders with its own templates or TRL's.
+OFFICIAL_TRL = {"llama3": "llama3.jinja", "llama3_1": "llama3_1.jinja", "qwen2_5": "qwen2_5.jinja",
+                "qwen3": "qwen3.jinja"}
+# Qwen2-*-Instruct's published template (its tokenizer_config.json); no copy ships inside TRL.
+QWEN2_OFFICIAL = ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+                  "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+                  "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+                  "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+def first_difference(a: list, b: list) -> int | None:
+    """Index of the first differing element (the shorter length when one is a prefix); ``None`` if equal.
+
+    >>> first_difference([1, 2, 3], [1, 2, 4]), first_difference([1, 2], [1, 2, 3]), first_difference([1], [1])
+    (2, 2, None)
+    """
+    if a == b:
+        return None
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def _window(tokenizer, ids: list[int], at: int) -> list[str]:
+    lo, hi = max(0, at - 3), at + 6
+    toks = [repr(t) for t in tokenizer.convert_ids_to_tokens(ids[lo:hi])]
+    if at - lo < len(toks):
+        toks[at - lo] = ">>" + toks[at - lo]
+    return (["..."] if lo else []) + toks + (["..."] if hi < len(ids) else [])
+
+
+def _uses_tools(template: str) -> bool:
+    return "tools" in template or "tool_calls" in template
+
+
+def _render_ids(tokenizer, template: str, case: Case) -> list[int]:
+    kw = {"tools": case.tools} if case.tools else {}
+    out = tokenizer.apply_chat_template(case.messages, tokenize=True, return_dict=True, chat_template=template, **kw)
+    return list(out["input_ids"])
+
+
+def _reference(tokenizer, model_dir: str | None):
+    """(description, renderer or None): the model's own template, else the vendor encoder, else the official
+    template of the family version."""
+    own = getattr(tokenizer, "align_kit_own_template", None)
+    if own:
+        return "the tokenizer's own chat template", lambda case: _render_ids(tokenizer, own, case), own
+    # without a template of the model's own: the official format of the version its vocabulary names
+    name = getattr(tokenizer, "align_kit_detected_template", None) or getattr(tokenizer, "align_kit_template", "")
+    if name.startswith("mistral_"):
+        encoder = mistral_common_encoder(model_dir, name)
+        if encoder is not None:
+            return "mistral-common's encoder", encoder, ""
+    if name in OFFICIAL_TRL:
+        from align_kit.families import _read_trl_template
+
+        official = _read_trl_template(OFFICIAL_TRL[name])
+        return f"the official {name} template", lambda case: _render_ids(tokenizer, official, case), official
+    if name == "chatml":
+        return "Qwen2's published template", lambda case: _render_ids(tokenizer, QWEN2_OFFICIAL, case), QWEN2_OFFICIAL
+    return None, None, ""
+
+
+def mistral_common_encoder(model_dir: str | None, template_name: str):
+    """Ids from ``mistral-common``'s own encoder, when it is installed and the model folder has a tokenizer
+    file it reads (``tekken.json``, ``tokenizer.model.v3``, ...); else ``None``."""
+    import importlib.util
+    from pathlib import Path
+
+    if model_dir is None or not Path(model_dir).is_dir() or importlib.util.find_spec("mistral_common") is None:
+        return None
+    folder = Path(model_dir)
+    files = sorted(folder.glob("tekken.json")) + sorted(folder.glob("tokenizer.model.v*"))
+    if not files:
+        return None
+    from mistral_common.protocol.instruct.messages import AssistantMessage, SystemMessage, UserMessage
+    from mistral_common.protocol.instruct.request import ChatCompletionRequest
+    from mistral_common.protocol.instruct.validator import ValidationMode
+    from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+
+    enc = MistralTokenizer.from_file(str(files[0]), mode=ValidationMode.finetuning)
+    kinds = {"system": SystemMessage, "user": UserMessage, "assistant": AssistantMessage}
+
+    def encode(case: Case) -> list[int]:
+        if case.tools or case.empty_reply:
+            raise _Skip("mistral-common's encoder refuses empty replies; tool calls are not compared")
+        msgs = [kinds[m["role"]](content=m["content"]) for m in case.messages]
+        return list(enc.encode_chat_completion(ChatCompletionRequest(messages=msgs)).tokens)
+
+    return encode
+
+
+class _Skip(Exception):
+    pass
+
+
+def check_template(tokenizer, model_dir: str | None = None, training: str | None = None) -> Report:
+    """Render :data:`BATTERY` with the training template (markers removed) and the reference; compare ids."""
+    from align_kit.families import strip_generation_markers
+
+    training = strip_generation_markers(training or tokenizer.chat_template or "")
+    what, reference, ref_source = _reference(tokenizer, model_dir)
+    served = getattr(tokenizer, "align_kit_detected_template", None) or getattr(tokenizer, "align_kit_template", "?")
+    report = Report(what or f"nothing (no template of the model's own and no official one for '{served}')")
+    if reference is None:
+        return report
+    for case in BATTERY:
+        if case.tools and not (_uses_tools(training) and (not ref_source or _uses_tools(ref_source))):
+            report.skipped[case.name] = "the template has no tool format"
+            continue
+        try:
+            ref = reference(case)
+        except _Skip as why:
+            report.skipped[case.name] = str(why)
+            continue
+        except Exception as exc:  # a template may refuse a conversation (raise_exception): note it, go on
+            report.skipped[case.name] = f"the reference refuses it ({type(exc).__name__}: {exc})"
+            continue
+        ids = _render_ids(tokenizer, training, case)
+        report.checked.append(case.name)
+        at = first_difference(ids, ref)
+        if at is not None:
+            report.mismatches.append(Mismatch(case.name, at, _window(tokenizer, ids, at), _window(tokenizer, ref, at),
+                                              (len(ids), len(ref))))
+    return report
