@@ -24,6 +24,52 @@ _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assista
                    "chatgpt": "assistant", "bing": "assistant", "bard": "assistant", "system": "system"}
 
 
+def _looks_like_header(cells: list[str]) -> bool:
+    """A header row names columns: every cell a short identifier (FLAN CoT rows are sentences).
+
+    >>> _looks_like_header(["question", "answer", "rationale"]), _looks_like_header(["Is it so?", "yes", "Because."])
+    (True, False)
+    """
+    import re
+
+    return all(re.fullmatch(r"[A-Za-z_][\w.\-]{0,40}", c.strip()) for c in cells)
+
+
+def headerless_columns(path: str, fmt: str) -> list[str] | None:
+    """Column names for a header-less TSV: FLAN CoT's ``question, answer, rationale`` when the format says so,
+    or under ``auto`` when the first row has three cells and is not a header; else ``None`` (row 1 is the header).
+    """
+    if not str(path).lower().endswith(".tsv") or fmt not in ("flan_cot", "auto"):
+        return None
+    if fmt == "flan_cot":
+        return FLAN_COT_COLUMNS
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            first = fh.readline().rstrip("\r\n").split("\t")
+    except OSError:
+        return None  # the reader reports a missing file
+    return FLAN_COT_COLUMNS if len(first) == 3 and not _looks_like_header(first) else None
+
+
+def parse_columns(spec: list[str] | None) -> dict[str, str]:
+    """``--columns`` values (``source=target``, comma-separated or repeated) -> a mapping like a recipe's
+    ``columns:``.
+
+    >>> parse_columns(["outptu=output,prompt=instruction", "answer=output"])
+    {'outptu': 'output', 'prompt': 'instruction', 'answer': 'output'}
+    """
+    out = {}
+    for item in spec or []:
+        for pair in filter(None, (p.strip() for p in item.split(","))):
+            src, sep, dst = pair.partition("=")
+            if not sep or not src.strip() or not dst.strip():
+                from align_kit.errors import ConfigError
+
+                raise ConfigError(f"--columns {pair!r}: expected SOURCE=TARGET, e.g. --columns outptu=output")
+            out[src.strip()] = dst.strip()
+    return out
+
+
 def detect_format(record: dict) -> str | None:
     """Guess a record's format from its keys.
 
@@ -128,6 +174,35 @@ def _sharegpt(rec: dict, where: tuple) -> list[dict]:
     return msgs
 
 
+def content_text(content: object, source: str, row: int | None, field: str) -> str:
+    """Message content as text: a string, or OpenAI-style content parts whose text parts are joined.
+
+    >>> content_text([{"type": "text", "text": "Hello"}, {"type": "text", "text": " world"}], "f", 1, "c")
+    'Hello world'
+    >>> content_text([{"type": "image_url", "image_url": {"url": "x"}}], "f.jsonl", 2, "messages[0].content")
+    Traceback (most recent call last):
+    align_kit.errors.DataError: f.jsonl: row 2: field 'messages[0].content[0].type': expected 'text' (a text-only model; image, audio and file parts cannot be trained on), found string 'image_url'
+    """
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise DataError(source, row, field, describe(content), "a string or a list of {type: text, text} parts")
+    texts = []
+    for i, part in enumerate(content):
+        if isinstance(part, str):
+            texts.append(part)
+            continue
+        if not isinstance(part, dict):
+            raise DataError(source, row, f"{field}[{i}]", describe(part), "a {type: text, text: ...} part")
+        if part.get("type", "text") != "text":
+            raise DataError(source, row, f"{field}[{i}].type", describe(part.get("type")),
+                            "'text' (a text-only model; image, audio and file parts cannot be trained on)")
+        if not isinstance(part.get("text"), str):
+            raise DataError(source, row, f"{field}[{i}].text", describe(part.get("text")), "a string")
+        texts.append(part["text"])
+    return "".join(texts)
+
+
 def _messages(rec: dict, where: tuple) -> list[dict]:
     source, row = where
     turns = rec.get("messages")
@@ -139,9 +214,9 @@ def _messages(rec: dict, where: tuple) -> list[dict]:
             raise DataError(source, row, f"messages[{i}]", describe(m), "an object with 'role' and 'content'")
         if m["role"] not in ("system", "user", "assistant"):
             raise DataError(source, row, f"messages[{i}].role", describe(m["role"]), "system, user or assistant")
-        content = m.get("content")
-        if not isinstance(content, str) or not content.strip():
-            raise DataError(source, row, f"messages[{i}].content", describe(content), "a non-empty string")
+        content = content_text(m.get("content"), source, row, f"messages[{i}].content")
+        if not content.strip():
+            raise DataError(source, row, f"messages[{i}].content", describe(m.get("content")), "non-empty text")
         out.append({"role": m["role"], "content": content})
     return out
 
@@ -180,8 +255,9 @@ def to_messages(record: dict, fmt: str = "auto", source: str = "<record>", row: 
         fmt = detect_format(record) or ""
         if not fmt:
             raise DataError(source, row, None, f"keys {sorted(record)[:8]}",
-                            "instruction/output (alpaca), inputs/targets (flan), conversations (sharegpt) "
-                            "or messages; set data.train[].format and columns if your names differ")
+                            "instruction/output (alpaca), inputs/targets (flan), question/answer/rationale "
+                            "(flan_cot), conversations (sharegpt) or messages; set data.train[].format and "
+                            "columns if your names differ")
     if fmt not in _CONVERTERS:
         raise DataError(source, row, None, f"format '{fmt}'", f"one of {', '.join(_CONVERTERS)}")
     return check_conversation(_CONVERTERS[fmt](record, where), where)

@@ -115,6 +115,16 @@ def tokenize_conversation(tokenizer, messages: list[dict], stop_ids: list[int], 
     return Tokenized(ids, mask)
 
 
+def completion_tokens(tokenizer, prompt: list[dict], completion: list[dict]) -> Tokenized:
+    """Prompt + completion with the completion's tokens marked, split as TRL's preference trainers split
+    them: the completion starts where the prompt (with generation prompt) and the full rendering diverge."""
+    p_ids = list(tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True,
+                                               return_dict=True)["input_ids"])
+    full = list(tokenizer.apply_chat_template(prompt + completion, tokenize=True, return_dict=True)["input_ids"])
+    start = next((i for i, (a, b) in enumerate(zip(p_ids, full)) if a != b), min(len(p_ids), len(full)))
+    return Tokenized(full, [0] * start + [1] * (len(full) - start))
+
+
 def render_marked(tokenizer, tok: Tokenized, open_mark: str = "[[", close_mark: str = "]]") -> str:
     """The decoded example with trained spans wrapped in markers, for ``align-kit data inspect``."""
     pieces, run, state = [], [], 0
