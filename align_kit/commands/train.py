@@ -141,7 +141,8 @@ def cmd_inspect(args) -> int:
     if not 1 <= args.row <= len(rows):
         raise ConfigError(f"--row {args.row}: expected 1..{len(rows)}")
     stops = stop_token_ids(tokenizer, get_template(tokenizer.align_kit_template))
-    tok = tokenize_conversation(tokenizer, rows[args.row - 1]["messages"], stops)
+    row = rows[args.row - 1]
+    tok = tokenize_conversation(tokenizer, row["messages"], stops, tools=row.get("tools"))
     print(f"template: {tokenizer.align_kit_template}; trained tokens: {sum(tok.assistant_masks)} of "
           f"{len(tok.input_ids)}; [[...]] marks what the model learns")
     print(render_marked(tokenizer, tok))

@@ -91,10 +91,25 @@ def _mask_by_rendering(tokenizer, messages: list[dict], stop_ids: list[int], whe
     return ids, mask
 
 
+def refuse_unrendered_tools(template: str | None, messages: list[dict], tools, where) -> None:
+    """A template without a tool format would drop tool calls and tools silently: refuse, naming the field."""
+    from align_kit.data.tools import template_renders_tools, uses_tools
+
+    if not uses_tools(messages, tools) or template_renders_tools(template):
+        return
+    at = next((i for i, m in enumerate(messages) if m.get("tool_calls") or m.get("role") == "tool"), None)
+    field = "tools" if at is None else f"messages[{at}]" + (".tool_calls" if messages[at].get("tool_calls") else ".role")
+    found = "a tools list" if at is None else ("a tool call" if messages[at].get("tool_calls") else "a tool result")
+    raise DataError(where[0], where[1], field, found, "a model whose chat template has a tool format (this "
+                    "template has none: tools and tool calls would be dropped from the prompt); train it with a "
+                    "model that renders tools, or leave these rows out")
+
+
 def tokenize_conversation(tokenizer, messages: list[dict], stop_ids: list[int], where=("<data>", None),
                           tools=None) -> Tokenized:
     from align_kit.families import has_generation_markers
 
+    refuse_unrendered_tools(tokenizer.chat_template, messages, tools, where)
     if has_generation_markers(tokenizer.chat_template):
         kw = {"tools": tools} if tools else {}
         out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,

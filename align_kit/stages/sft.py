@@ -71,7 +71,7 @@ def tokenize_rows(rows: list[dict], tokenizer, where: str) -> tuple[list[dict], 
     stops = stop_token_ids(tokenizer, get_template(tokenizer.align_kit_template))
     out = []
     for i, row in enumerate(rows, start=1):
-        tok = tokenize_conversation(tokenizer, row["messages"], stops, (where, i))
+        tok = tokenize_conversation(tokenizer, row["messages"], stops, (where, i), tools=row.get("tools"))
         out.append({"input_ids": tok.input_ids, "assistant_masks": tok.assistant_masks})
     return out, {"rows": len(out), "tokens": sum(len(r["input_ids"]) for r in out)}
 
