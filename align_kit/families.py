@@ -207,7 +207,7 @@ def apply_family(tokenizer, template: Template, family: Family, *, override_temp
         existing = existing.get("default")
     tokenizer.align_kit_own_template = existing or None
     keep = bool(existing) and not override_template
-    missing = [t for t in template.special if t not in tokenizer.get_vocab()] if not keep else []
+    missing = [t for t in template.special if t not in tokenizer.get_vocab()]
     if missing:
         tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
         notes.append(f"added special tokens {missing} (new embedding rows are trained)")

@@ -46,9 +46,9 @@ def _common_prefix(a: str, b: str) -> int:
 
 
 def reply_spans(tokenizer, messages: list[dict], stop_texts: list[str],
-                tools=None) -> tuple[str, list[tuple[int, int] | None]]:
-    """The rendering, and the character span ``[start, end)`` in the rendering of each assistant reply with its end-of-turn token
-    (``None`` where no end-of-turn token follows the reply). Works with any template, no markers needed."""
+                tools=None) -> tuple[str, list[tuple[int, int | None]]]:
+    """The rendering, and the character span ``[start, end)`` of each assistant reply with its end-of-turn token
+    (end ``None`` where no end-of-turn token follows the reply). Works with any template, no markers needed."""
     kw = {"tools": tools} if tools else {}
     full = _render(tokenizer, messages, **kw)
     spans, cursor = [], 0
@@ -67,7 +67,7 @@ def reply_spans(tokenizer, messages: list[dict], stop_texts: list[str],
         ends = [(full.find(s, content_end), s) for s in stop_texts]
         ends = [(pos, s) for pos, s in ends if pos >= 0]
         if not ends:
-            spans.append(None)
+            spans.append((start, None))
             continue
         pos, s = min(ends)
         spans.append((start, pos + len(s)))
@@ -78,8 +78,14 @@ def reply_spans(tokenizer, messages: list[dict], stop_texts: list[str],
 def _mask_by_rendering(tokenizer, messages: list[dict], stop_ids: list[int], where, tools=None):
     stop_texts = [t for t in tokenizer.convert_ids_to_tokens(stop_ids) if t]
     full, spans = reply_spans(tokenizer, messages, stop_texts, tools)
-    for n, span in enumerate(spans, start=1):
-        if span is None:
+    closes_with_eos = getattr(tokenizer, "align_kit_template", None) in ("chatglm3", "glm4")
+    if closes_with_eos and spans and spans[-1][1] is None and messages[-1].get("role") == "assistant":
+        # GLM's own templates end a reply with the next turn's role token (<|user|>, a stop token) and write
+        # nothing after the last one: close it with eos, as GLM's fine-tuning code does, so it learns to stop.
+        full += tokenizer.eos_token
+        spans[-1] = (spans[-1][0], len(full))
+    for n, (_, end) in enumerate(spans, start=1):
+        if end is None:
             raise DataError(where[0], where[1], "messages", f"no trained tokens for reply {n}: the template writes no "
                             "end-of-turn token after it", f"a chat template that ends replies with {stop_texts}")
     enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)

@@ -15,7 +15,7 @@ import pytest
 from helpers import qwen2_tokenizer, sentencepiece_tokenizer
 
 from align_kit.data.tokenize import tokenize_conversation
-from align_kit.families import apply_family, detect_template, get_family, stop_token_ids
+from align_kit.families import apply_family, detect_template, get_family, get_template, stop_token_ids
 from align_kit.template_check import BATTERY, U1, U2
 
 PLAIN = [c for c in BATTERY if c.tools is None]
@@ -270,3 +270,24 @@ def test_mistral_v3_system_prompt_goes_into_the_last_user_turn(shared):
         shared / "tokenizers/mistral/mistral_instruct_tokenizer_240323.model.v3", legacy=False), "mistral")
     text = tok.apply_chat_template(BATTERY[3].messages, tokenize=False)
     assert text.index("You are a careful") > text.index("Paris.</s>")  # after the first reply, in the last turn
+
+
+# --------------------------------------------------------------------------- GLM: a reply ends with the next role
+
+
+def test_glm_own_template_reply_ends_with_the_next_role_token(shared):
+    """ChatGLM3 / GLM-4 ship templates with no end-of-reply token: the next turn's <|user|> (a stop token) ends
+    a reply, and the last reply is closed with eos, as GLM's fine-tuning code trains them."""
+    tok = sentencepiece_tokenizer(shared / "tokenizers/chatglm3/tokenizer.model", legacy=False)
+    tok.chat_template = ("[gMASK]sop{% for m in messages %}<|{{ m['role'] }}|>\n {{ m['content'] }}{% endfor %}"
+                         "{% if add_generation_prompt %}<|assistant|>{% endif %}")  # ChatGLM3-6B's published template
+    fam, tpl = get_family("glm"), get_template("chatglm3")
+    apply_family(tok, tpl, fam)
+    tok.align_kit_template = tpl.name
+    case = BATTERY[2]
+    t = tokenize_conversation(tok, case.messages, stop_token_ids(tok, tpl))
+    assert t.input_ids[:3] == [64790, 64792, 64795]  # [gMASK] sop <|user|>: kept, not replaced
+    trained = [i for i, m in zip(t.input_ids, t.assistant_masks) if m]
+    assert trained[-1] == tok.eos_token_id and trained.count(64795) == 1  # <|user|> ends reply 1, eos reply 2
+    assert tok.decode(trained, skip_special_tokens=False).replace(" ", "") == (
+        "\nThecapitalofFranceisParis.<|user|>\nRome.</s>".replace(" ", ""))
