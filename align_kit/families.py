@@ -106,6 +106,15 @@ def _read_trl_template(file: str) -> str:
     return resources.files("trl").joinpath("chat_templates", file).read_text(encoding="utf-8")
 
 
+def template_source(tokenizer, tools=None) -> str | None:
+    """The template text ``apply_chat_template`` uses: of named variants, ``tool_use`` when tools are given and
+    it exists, else ``default`` (as transformers picks)."""
+    tpl = getattr(tokenizer, "chat_template", None)
+    if isinstance(tpl, dict):
+        return tpl.get("tool_use") if tools and "tool_use" in tpl else tpl.get("default")
+    return tpl
+
+
 def has_generation_markers(template: str | None) -> bool:
     """Whether a chat template marks assistant output with ``{% generation %}``.
 
@@ -202,9 +211,8 @@ def apply_family(tokenizer, template: Template, family: Family, *, override_temp
     notes = []
     # The version the vocabulary says (the served format), whatever template training was told to use.
     tokenizer.align_kit_detected_template = detect_template(family, tokenizer.get_vocab()).name
-    existing = getattr(tokenizer, "chat_template", None)
-    if isinstance(existing, dict):  # named variants: the default one is what apply_chat_template uses
-        existing = existing.get("default")
+    shipped = getattr(tokenizer, "chat_template", None)
+    existing = template_source(tokenizer)
     tokenizer.align_kit_own_template = existing or None
     keep = bool(existing) and not override_template
     missing = [t for t in template.special if t not in tokenizer.get_vocab()]
@@ -215,7 +223,7 @@ def apply_family(tokenizer, template: Template, family: Family, *, override_temp
         how = ("its generation markers" if has_generation_markers(existing)
                else "rendering each reply's prompt (it has no generation markers)")
         notes.append(f"kept the tokenizer's own chat template; trained tokens are found from {how}")
-        tokenizer.chat_template = existing
+        tokenizer.chat_template = shipped  # as shipped: named variants (e.g. tool_use) stay
     else:
         if existing:
             notes.append(f"replaced the tokenizer's chat template with align_kit's '{template.name}' "

@@ -182,9 +182,9 @@ class _Skip(Exception):
 
 def check_template(tokenizer, model_dir: str | None = None, training: str | None = None) -> Report:
     """Render :data:`BATTERY` with the training template (markers removed) and the reference; compare ids."""
-    from align_kit.families import strip_generation_markers
+    from align_kit.families import strip_generation_markers, template_source
 
-    training = strip_generation_markers(training or tokenizer.chat_template or "")
+    training = strip_generation_markers(training or template_source(tokenizer) or "")
     what, reference, ref_source = _reference(tokenizer, model_dir)
     served = getattr(tokenizer, "align_kit_detected_template", None) or getattr(tokenizer, "align_kit_template", "?")
     report = Report(what or f"nothing (no template of the model's own and no official one for '{served}')")

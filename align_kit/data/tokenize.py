@@ -113,10 +113,10 @@ def refuse_unrendered_tools(template: str | None, messages: list[dict], tools, w
 
 def tokenize_conversation(tokenizer, messages: list[dict], stop_ids: list[int], where=("<data>", None),
                           tools=None) -> Tokenized:
-    from align_kit.families import has_generation_markers
+    from align_kit.families import has_generation_markers, template_source
 
-    refuse_unrendered_tools(tokenizer.chat_template, messages, tools, where)
-    if has_generation_markers(tokenizer.chat_template):
+    refuse_unrendered_tools(template_source(tokenizer, tools), messages, tools, where)
+    if has_generation_markers(template_source(tokenizer, tools)):
         kw = {"tools": tools} if tools else {}
         out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
                                             return_assistant_tokens_mask=True, **kw)
