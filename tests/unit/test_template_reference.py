@@ -291,3 +291,37 @@ def test_glm_own_template_reply_ends_with_the_next_role_token(shared):
     assert trained[-1] == tok.eos_token_id and trained.count(64795) == 1  # <|user|> ends reply 1, eos reply 2
     assert tok.decode(trained, skip_special_tokens=False).replace(" ", "") == (
         "\nThecapitalofFranceisParis.<|user|>\nRome.</s>".replace(" ", ""))
+
+
+# --------------------------------------------------------------------------- TRL's training variants
+
+
+def _trl_mask(tok, template, case):
+    out = tok.apply_chat_template(case.messages, tokenize=True, return_dict=True, chat_template=template,
+                                  return_assistant_tokens_mask=True, tools=case.tools)
+    return list(out["input_ids"]), list(out["assistant_masks"])
+
+
+def test_trl_training_variants_render_as_the_originals_and_mark_the_same_replies(shared):
+    """TRL's ``*_training.jinja`` (markers added) render the same ids as the originals; Llama 3's marks exactly
+    align_kit's trained tokens; Qwen2.5's also marks the newline before the reply (already in the served
+    generation prompt) and after <|im_end|> (never generated: generation stops at <|im_end|>): nothing else."""
+    from align_kit.families import strip_generation_markers
+
+    llama, _, stops = _prepared(_llama_tokenizer("3.0"), "llama")
+    qwen, _, qstops = _prepared(_qwen(shared, ["<tool_call>", "</tool_call>"]), "qwen")
+    newline = qwen("\n", add_special_tokens=False).input_ids
+    for tok, name, st in ((llama, "llama3", stops), (qwen, "qwen2_5", qstops)):
+        training = _trl(f"{name}_training.jinja")
+        for case in BATTERY if name == "qwen2_5" else PLAIN:
+            assert _ids(tok, case.messages, strip_generation_markers(training), tools=case.tools) == _ids(
+                tok, case.messages, _trl(f"{name}.jinja"), tools=case.tools), (name, case.name)
+            ids, trl_mask = _trl_mask(tok, training, case)
+            ours = tokenize_conversation(tok, case.messages, st, tools=case.tools)
+            assert ours.input_ids == ids
+            if name == "llama3":
+                assert ours.assistant_masks == trl_mask, case.name
+            else:
+                extra = [i for i, a, b in zip(ids, ours.assistant_masks, trl_mask) if a != b]
+                assert all(b for a, b in zip(ours.assistant_masks, trl_mask) if a), case.name  # ours within TRL's
+                assert extra and set(extra) <= set(newline), (case.name, extra)
