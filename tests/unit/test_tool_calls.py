@@ -115,3 +115,20 @@ def test_a_template_without_tool_format_refuses_instead_of_dropping():
     conv = to_conversation(LLAMA_FACTORY)
     with pytest.raises(DataError, match=r"train\.jsonl: row 7: field 'messages\[1\]\.tool_calls'.*tool format"):
         tokenize_conversation(tok, conv["messages"], stop_token_ids(tok, tpl), ("train.jsonl", 7), conv["tools"])
+
+
+def test_sft_rows_carry_their_tools_to_the_template(shared):
+    """The SFT stage's tokenisation renders a row's tools (the system turn lists them) and trains its call."""
+    from align_kit.stages.sft import tokenize_rows
+
+    tok = qwen2_tokenizer(shared)
+    tok.add_tokens(["<tool_call>", "</tool_call>"])
+    fam = get_family("qwen")
+    tpl = detect_template(fam, tok.get_vocab())
+    apply_family(tok, tpl, fam)
+    tok.align_kit_template = tpl.name
+    conv = to_conversation(LLAMA_FACTORY)
+    (with_tools, without), _ = tokenize_rows([conv, {"messages": conv["messages"]}], tok, "train")
+    assert len(with_tools["input_ids"]) > len(without["input_ids"]) + 30  # the tool schema is in the prompt
+    assert sum(with_tools["assistant_masks"]) == sum(without["assistant_masks"])  # the same replies trained
+    assert "# Tools" in tok.decode(with_tools["input_ids"]) and "# Tools" not in tok.decode(without["input_ids"])
