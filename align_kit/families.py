@@ -48,6 +48,11 @@ class Family:
     pad_candidates: tuple[str, ...]  # first one the tokenizer has becomes pad; never eos unless nothing else
 
 
+# Mistral's control tokens: instructions, then tools (v3), then the system prompt and tool content (v7)
+_MISTRAL_V3 = ("[INST]", "[/INST]", "[TOOL_CALLS]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]", "[TOOL_RESULTS]",
+               "[/TOOL_RESULTS]")
+_MISTRAL_V7 = (*_MISTRAL_V3, "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[TOOL_CONTENT]")
+
 TEMPLATES: dict[str, Template] = {
     t.name: t
     for t in (
@@ -67,12 +72,10 @@ TEMPLATES: dict[str, Template] = {
         Template("qwen3", stop=("<|im_end|>", "<|endoftext|>"), special=("<|im_start|>", "<|im_end|>"),
                  marker="<think>", trl_file="qwen3.jinja"),
         Template("mistral_v1", stop=("</s>",)),
-        Template("mistral_v3", stop=("</s>",), special=("[INST]", "[/INST]"), marker="[INST]"),
-        Template("mistral_v3_tekken", stop=("</s>",), special=("[INST]", "[/INST]")),
-        Template("mistral_v7", stop=("</s>",), special=("[INST]", "[/INST]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]"),
-                 marker="[SYSTEM_PROMPT]"),
-        Template("mistral_v7_tekken", stop=("</s>",),
-                 special=("[INST]", "[/INST]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]")),
+        Template("mistral_v3", stop=("</s>",), special=_MISTRAL_V3, marker="[INST]"),
+        Template("mistral_v3_tekken", stop=("</s>",), special=_MISTRAL_V3),
+        Template("mistral_v7", stop=("</s>",), special=_MISTRAL_V7, marker="[SYSTEM_PROMPT]"),
+        Template("mistral_v7_tekken", stop=("</s>",), special=_MISTRAL_V7),
         Template("chatglm3", stop=("</s>", "<|user|>", "<|observation|>"),
                  special=("[MASK]", "[gMASK]", "[sMASK]", "sop", "eop", "<|system|>", "<|user|>", "<|assistant|>",
                           "<|observation|>")),  # ChatGLM3's order: ids 64789.. follow its 64,789 pieces

@@ -159,21 +159,46 @@ def mistral_common_encoder(model_dir: str | None, template_name: str):
     files = sorted(folder.glob("tekken.json")) + sorted(folder.glob("tokenizer.model.v*"))
     if not files:
         return None
-    from mistral_common.protocol.instruct.messages import AssistantMessage, SystemMessage, UserMessage
-    from mistral_common.protocol.instruct.request import ChatCompletionRequest
     from mistral_common.protocol.instruct.validator import ValidationMode
     from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
     enc = MistralTokenizer.from_file(str(files[0]), mode=ValidationMode.finetuning)
-    kinds = {"system": SystemMessage, "user": UserMessage, "assistant": AssistantMessage}
 
     def encode(case: Case) -> list[int]:
-        if case.tools or case.empty_reply:
-            raise _Skip("mistral-common's encoder refuses empty replies; tool calls are not compared")
-        msgs = [kinds[m["role"]](content=m["content"]) for m in case.messages]
-        return list(enc.encode_chat_completion(ChatCompletionRequest(messages=msgs)).tokens)
+        if case.empty_reply:
+            raise _Skip("mistral-common's encoder refuses an empty reply")
+        return list(enc.encode_chat_completion(mistral_request(case)).tokens)
 
     return encode
+
+
+def mistral_request(case: Case):
+    """A battery conversation as a ``mistral-common`` request (tools, tool calls and results included)."""
+    import json
+
+    from mistral_common.protocol.instruct.messages import (
+        AssistantMessage,
+        SystemMessage,
+        ToolMessage,
+        UserMessage,
+    )
+    from mistral_common.protocol.instruct.request import ChatCompletionRequest
+    from mistral_common.protocol.instruct.tool_calls import Function, FunctionCall, Tool, ToolCall
+
+    msgs = []
+    for m in case.messages:
+        if m["role"] == "assistant" and m.get("tool_calls"):
+            calls = [ToolCall(id=c.get("id", "null"), function=FunctionCall(
+                name=c["function"]["name"], arguments=json.dumps(c["function"]["arguments"])))
+                for c in m["tool_calls"]]
+            msgs.append(AssistantMessage(tool_calls=calls))
+        elif m["role"] == "tool":
+            msgs.append(ToolMessage(content=m["content"], tool_call_id=m.get("tool_call_id"), name=m.get("name")))
+        else:
+            kind = {"system": SystemMessage, "user": UserMessage, "assistant": AssistantMessage}[m["role"]]
+            msgs.append(kind(content=m["content"]))
+    tools = [Tool(function=Function(**t["function"])) for t in case.tools or []]
+    return ChatCompletionRequest(messages=msgs, tools=tools or None)
 
 
 class _Skip(Exception):

@@ -76,7 +76,8 @@ def test_mistral_checked_against_mistral_common(shared, tmp_path):
     folder, tok = _mistral_folder(shared, tmp_path)
     report = check_template(tok, str(folder))
     assert report.reference == "mistral-common's encoder" and report.ok
-    assert set(report.checked) == {"no system", "system", "multi-turn", "multi-turn with system"}
+    assert set(report.checked) == {"no system", "system", "multi-turn", "multi-turn with system", "tool call"}
+    assert report.skipped == {"empty assistant turn": "mistral-common's encoder refuses an empty reply"}
     # negative control: the old mistral_v3 template (system prompt in the FIRST user turn) is refused
     old = tok.chat_template.replace("loop.index0 == ns.last_user", "loop.first")
     bad = check_template(tok, str(folder), training=old)

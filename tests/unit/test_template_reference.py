@@ -178,25 +178,28 @@ def test_qwen3_thinking_block_of_the_last_reply_is_trained(shared):
 
 
 def _mistral_common_ids(path, case) -> list[int]:
-    from mistral_common.protocol.instruct.messages import AssistantMessage, SystemMessage, UserMessage
-    from mistral_common.protocol.instruct.request import ChatCompletionRequest
     from mistral_common.protocol.instruct.validator import ValidationMode
     from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
-    kinds = {"system": SystemMessage, "user": UserMessage, "assistant": AssistantMessage}
+    from align_kit.template_check import mistral_request
+
     enc = MistralTokenizer.from_file(str(path), mode=ValidationMode.finetuning)
-    request = ChatCompletionRequest(messages=[kinds[m["role"]](content=m["content"]) for m in case.messages])
-    return enc.encode_chat_completion(request).tokens
+    return enc.encode_chat_completion(mistral_request(case)).tokens
+
+
+def _ids_with_tools(tok, case):
+    return _ids(tok, case.messages, tools=case.tools)
 
 
 def _v7_sentencepiece(shared, tmp_path):
-    """The v3 SentencePiece vocabulary with two unused control pieces named as v7's system-prompt tokens."""
+    """The v3 SentencePiece vocabulary with three unused control pieces named as v7's new control tokens."""
     from sentencepiece import sentencepiece_model_pb2
 
     proto = sentencepiece_model_pb2.ModelProto()
     proto.ParseFromString((shared / "tokenizers/mistral/mistral_instruct_tokenizer_240323.model.v3").read_bytes())
-    assert (proto.pieces[17].piece, proto.pieces[18].piece) == ("[control_15]", "[control_16]")
-    proto.pieces[17].piece, proto.pieces[18].piece = "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]"
+    assert [p.piece for p in proto.pieces[17:20]] == ["[control_15]", "[control_16]", "[control_17]"]
+    for i, name in zip((17, 18, 19), ("[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[TOOL_CONTENT]")):
+        proto.pieces[i].piece = name
     path = tmp_path / "tokenizer.model.v7"
     path.write_bytes(proto.SerializeToString())
     return path
@@ -210,11 +213,16 @@ def test_mistral_sentencepiece_equals_mistral_common(shared, tmp_path, version):
     path = path or _v7_sentencepiece(shared, tmp_path)
     tok, tpl, stops = _prepared(sentencepiece_tokenizer(path, legacy=version == "v1"), "mistral")
     assert tpl.name == f"mistral_{version}"
-    for case in PLAIN:
+    for case in BATTERY if version != "v1" else PLAIN:  # v1 has no tool format
         if case.empty_reply:  # mistral-common refuses an empty reply
             continue
-        assert _ids(tok, case.messages) == _mistral_common_ids(path, case), case.name
-        assert _trained_text(tok, stops, case).replace(" ", "") == _replies(case, "</s>").replace(" ", "")
+        assert _ids_with_tools(tok, case) == _mistral_common_ids(path, case), case.name
+        if case.tools is None:
+            assert _trained_text(tok, stops, case).replace(" ", "") == _replies(case, "</s>").replace(" ", "")
+    if version != "v1":
+        assert _trained_text(tok, stops, BATTERY[-1]).replace(" ", "") == (
+            '[TOOL_CALLS][{"name":"get_weather","arguments":{"city":"Paris"},"id":"call00001"}]</s>'
+            "Itis18CandsunnyinParis.</s>")
 
 
 def _tekken(tmp_path, version: str):
@@ -233,7 +241,7 @@ def _tekken(tmp_path, version: str):
     path.write_text(json.dumps(config))
     specials = ["<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]",
                 "[TOOL_RESULTS]", "[/TOOL_RESULTS]", "[TOOL_CALLS]", "[IMG]", "<pad>", "[IMG_BREAK]", "[IMG_END]",
-                "[PREFIX]", "[MIDDLE]", "[SUFFIX]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]"]
+                "[PREFIX]", "[MIDDLE]", "[SUFFIX]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[TOOL_CONTENT]"]
     vocab = {s: i for i, s in enumerate(specials)} | {ch: n + b for b, ch in bytes_to_unicode().items()}
     core = Tokenizer(models.BPE(vocab, [], unk_token=None))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
@@ -248,14 +256,15 @@ def test_mistral_tekken_equals_mistral_common(tmp_path, version):
     pytest.importorskip("mistral_common")
     path, tok = _tekken(tmp_path, version)
     if version == "v3":  # a v3 Tekken vocabulary (Nemo) has no system-prompt tokens
-        tok = _hide_tokens(tok, ["[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]"])
+        tok = _hide_tokens(tok, ["[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[TOOL_CONTENT]"])
     tok, tpl, stops = _prepared(tok, "mistral")
     assert tpl.name == f"mistral_{version}_tekken"
-    for case in PLAIN:
+    for case in BATTERY:
         if case.empty_reply:
             continue
-        assert _ids(tok, case.messages) == _mistral_common_ids(path, case), case.name
-        assert _trained_text(tok, stops, case) == _replies(case, "</s>"), case.name
+        assert _ids_with_tools(tok, case) == _mistral_common_ids(path, case), case.name
+        if case.tools is None:
+            assert _trained_text(tok, stops, case) == _replies(case, "</s>"), case.name
 
 
 def _hide_tokens(tok, names):
