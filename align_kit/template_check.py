@@ -95,6 +95,19 @@ QWEN2_OFFICIAL = ("{% for message in messages %}{% if loop.first and messages[0]
                   "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
                   "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 
+# Llama-2-*-chat's published template (its tokenizer_config.json), Meta's reference format.
+LLAMA2_OFFICIAL = (
+    "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}{% set system_message = "
+    "messages[0]['content'] %}{% else %}{% set loop_messages = messages %}{% set system_message = false %}{% endif %}"
+    "{% for message in loop_messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if loop.index0 == 0 and system_message != false %}{% set content = '<<SYS>>\n' + system_message + "
+    "'\n<</SYS>>\n\n' + message['content'] %}{% else %}{% set content = message['content'] %}{% endif %}"
+    "{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}")
+PUBLISHED = {"chatml": ("Qwen2's published template", QWEN2_OFFICIAL),
+             "llama2": ("Llama 2 chat's published template", LLAMA2_OFFICIAL)}
+
 
 def first_difference(a: list, b: list) -> int | None:
     """Index of the first differing element (the shorter length when one is a prefix); ``None`` if equal.
@@ -142,8 +155,9 @@ def _reference(tokenizer, model_dir: str | None):
 
         official = _read_trl_template(OFFICIAL_TRL[name])
         return f"the official {name} template", lambda case: _render_ids(tokenizer, official, case), official
-    if name == "chatml":
-        return "Qwen2's published template", lambda case: _render_ids(tokenizer, QWEN2_OFFICIAL, case), QWEN2_OFFICIAL
+    if name in PUBLISHED:
+        what, text = PUBLISHED[name]
+        return what, lambda case: _render_ids(tokenizer, text, case), text
     return None, None, ""
 
 

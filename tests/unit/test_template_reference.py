@@ -16,7 +16,7 @@ from helpers import qwen2_tokenizer, sentencepiece_tokenizer
 
 from align_kit.data.tokenize import tokenize_conversation
 from align_kit.families import apply_family, detect_template, get_family, get_template, stop_token_ids
-from align_kit.template_check import BATTERY, U1, U2
+from align_kit.template_check import BATTERY, QWEN2_OFFICIAL, U1, U2
 
 PLAIN = [c for c in BATTERY if c.tools is None]
 
@@ -124,11 +124,6 @@ def test_a_shipped_llama3_1_template_is_kept_not_replaced():
 
 # --------------------------------------------------------------------------- Qwen2 / 2.5 / 3
 
-# Qwen2-*-Instruct's published template (tokenizer_config.json)
-QWEN2_OFFICIAL = ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
-                  "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
-                  "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
-                  "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 
 
 def _qwen(shared, extra=()):
@@ -136,6 +131,18 @@ def _qwen(shared, extra=()):
     if extra:
         tok.add_tokens(list(extra))
     return tok
+
+
+def test_llama2_equals_the_published_template(shared):
+    from align_kit.template_check import LLAMA2_OFFICIAL, check_template
+
+    tok, tpl, stops = _prepared(sentencepiece_tokenizer(shared / "tokenizers/llama2/tokenizer.model", legacy=True),
+                                "llama")
+    assert tpl.name == "llama2"
+    for case in PLAIN:
+        assert _ids(tok, case.messages) == _ids(tok, case.messages, LLAMA2_OFFICIAL), case.name
+    tok.align_kit_template = tpl.name
+    assert check_template(tok).reference == "Llama 2 chat's published template"
 
 
 def test_qwen2_equals_official_template(shared):
