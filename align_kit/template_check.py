@@ -241,8 +241,13 @@ def check_template(tokenizer, model_dir: str | None = None, training: str | None
         except Exception as exc:  # a template may refuse a conversation (raise_exception): note it, go on
             report.skipped[case.name] = f"the reference refuses it ({type(exc).__name__}: {exc})"
             continue
-        ids = _render_ids(tokenizer, training, case)
         report.checked.append(case.name)
+        try:
+            ids = _render_ids(tokenizer, training, case)
+        except Exception as exc:  # the reference renders it, the training template cannot: a difference
+            report.mismatches.append(Mismatch(case.name, 0, [f"fails: {type(exc).__name__}: {exc}"],
+                                              _window(tokenizer, ref, 0), (0, len(ref))))
+            continue
         at = first_difference(ids, ref)
         if at is not None:
             report.mismatches.append(Mismatch(case.name, at, _window(tokenizer, ids, at), _window(tokenizer, ref, at),

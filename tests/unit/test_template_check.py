@@ -110,3 +110,10 @@ def test_sft_refuses_a_mismatch_before_loading_the_model(tmp_path):
     raw["sft"] = {"check_template": False}
     opted_out = recipe_from_dict(raw)
     sft.check_served_format(load_tokenizer(opted_out.model), opted_out)  # the recipe says so: no error
+
+
+def test_a_training_template_that_fails_is_a_difference_not_a_crash():
+    failing = "{% if messages|length > 2 %}{{ raise_exception('no system here') }}{% endif %}{{ messages[0]['content'] }}"
+    report = check_template(_builtin(), training=failing)
+    system = next(m for m in report.mismatches if m.case == "system")
+    assert system.training == ["fails: TemplateError: no system here"] and system.lengths[0] == 0
