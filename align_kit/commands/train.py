@@ -17,7 +17,7 @@ def register(sub, data_sub) -> None:
     p.add_argument("overrides", nargs=argparse.REMAINDER,
                    help="dotted overrides, e.g. trainer.learning_rate=1e-4 peft.r=16")
     p.add_argument("--check", action="store_true", help="validate the recipe and exit (any position)")
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=cmd_train, parser=p)
 
     pl = sub.add_parser("pipeline", help="run a pipeline of stages (finished stages are reused)")
     pl.add_argument("pipeline", help="pipeline YAML file")
@@ -54,6 +54,9 @@ def cmd_train(args) -> int:
     from align_kit.config import load_recipe
     from align_kit.stages import run_stage
 
+    if {"-h", "--help"} & set(args.overrides):
+        args.parser.print_help()
+        return 0
     overrides = [o for o in args.overrides if o != "--check"]
     check = args.check or len(overrides) < len(args.overrides)
     unknown = [o for o in overrides if o.startswith("-")]

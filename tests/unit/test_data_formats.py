@@ -114,6 +114,7 @@ def test_check_in_any_position(capsys):
         assert "valid sft recipe" in capsys.readouterr().out
     assert main(["train", recipe, "seed=1", "--chek"]) == 2
     assert "unknown option --chek" in capsys.readouterr().err
+    assert main(["train", recipe, "--help"]) == 0 and "--check" in capsys.readouterr().out
 
 
 def test_inspect_a_preference_pair(capsys):
