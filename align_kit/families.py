@@ -233,9 +233,11 @@ def apply_family(tokenizer, template: Template, family: Family, *, override_temp
                          "(model.override_template)")
         tokenizer.chat_template = template.jinja
     vocab = tokenizer.get_vocab()
-    if template.stop[0] != tokenizer.eos_token and template.stop[0] in vocab and template.stop[0] != "</s>":
+    if (not keep and template.stop[0] != tokenizer.eos_token and template.stop[0] in vocab
+            and template.stop[0] != "</s>"):
         # Chat models end a reply with the turn terminator (<|im_end|>, <|eot_id|>): make it eos, as the
-        # official instruct tokenizers do, so TRL and generate() stop on it.
+        # official instruct tokenizers do, so TRL and generate() stop on it. A kept template keeps the eos
+        # it ships with (a Llama 3 fine-tune served in ChatML ends with <|im_end|>, not the family's eot).
         notes.append(f"eos token set to '{template.stop[0]}' (was '{tokenizer.eos_token}')")
         tokenizer.eos_token = template.stop[0]
     if tokenizer.pad_token is None or tokenizer.pad_token == tokenizer.eos_token:

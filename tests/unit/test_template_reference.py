@@ -341,3 +341,17 @@ def test_trl_training_variants_render_as_the_originals_and_mark_the_same_replies
                 extra = [i for i, a, b in zip(ids, ours.assistant_masks, trl_mask) if a != b]
                 assert all(b for a, b in zip(ours.assistant_masks, trl_mask) if a), case.name  # ours within TRL's
                 assert extra and set(extra) <= set(newline), (case.name, extra)
+
+
+def test_a_kept_template_keeps_its_eos():
+    """A Llama 3 fine-tune served in ChatML (its own template, eos <|im_end|>): the eos is not replaced by the
+    family's <|eot_id|>, and replies are trained up to <|im_end|>."""
+    tok = _llama_tokenizer("3.0")
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]},
+                           replace_extra_special_tokens=False)
+    tok.eos_token = "<|im_end|>"
+    tok.chat_template = QWEN2_OFFICIAL
+    tok, tpl, stops = _prepared(tok, "llama")
+    assert tpl.name == "llama3" and tok.eos_token == "<|im_end|>" and tok.chat_template == QWEN2_OFFICIAL
+    case = BATTERY[2]
+    assert _trained_text(tok, stops, case) == _replies(case, "<|im_end|>")
