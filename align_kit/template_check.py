@@ -10,7 +10,10 @@ stage refuses to train on a mismatch (``sft: {check_template: false}`` opts out)
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
+
+log = logging.getLogger("align_kit")
 
 SYSTEM = {"role": "system", "content": "You are a careful assistant. Answer briefly."}
 U1 = {"role": "user", "content": "What is the capital of France?"}
@@ -253,3 +256,25 @@ def check_template(tokenizer, model_dir: str | None = None, training: str | None
             report.mismatches.append(Mismatch(case.name, at, _window(tokenizer, ids, at), _window(tokenizer, ref, at),
                                               (len(ids), len(ref))))
     return report
+
+
+def require_served_format(tokenizer, model_path: str | None, enabled: bool, option: str) -> None:
+    """A stage's check at start: refuse (ConfigError) a training template that renders differently from the
+    served format, unless the recipe's ``option`` turns the check off."""
+    from align_kit.errors import ConfigError
+
+    if not enabled:
+        log.warning("chat template check skipped (%s: false)", option)
+        return
+    report = check_template(tokenizer, model_path)
+    if not report.checked:
+        log.warning("%s: the training template is not verified", report.summary())
+        return
+    if report.ok:
+        log.info("%s", report.summary())
+        return
+    first = report.mismatches[0]
+    raise ConfigError(f"{report.summary()}; first, '{first.case}' at token {first.position}: training "
+                      f"{' '.join(first.training)} vs reference {' '.join(first.reference)}. The model would be "
+                      f"trained on a prompt format it is not served in: see `align-kit data check-template "
+                      f"{model_path}`, or set {option}: false to train anyway")

@@ -76,28 +76,6 @@ def tokenize_rows(rows: list[dict], tokenizer, where: str) -> tuple[list[dict], 
     return out, {"rows": len(out), "tokens": sum(len(r["input_ids"]) for r in out)}
 
 
-def check_served_format(tokenizer, recipe) -> None:
-    """Refuse a training template that renders differently from the served format (``Options.check_template``)."""
-    from align_kit.errors import ConfigError
-    from align_kit.template_check import check_template
-
-    if not recipe.options.check_template:
-        log.warning("chat template check skipped (sft.check_template: false)")
-        return
-    report = check_template(tokenizer, recipe.model.name_or_path)
-    if not report.checked:
-        log.warning("%s: the training template is not verified", report.summary())
-        return
-    if report.ok:
-        log.info("%s", report.summary())
-        return
-    first = report.mismatches[0]
-    raise ConfigError(f"{report.summary()}; first, '{first.case}' at token {first.position}: training "
-                      f"{' '.join(first.training)} vs reference {' '.join(first.reference)}. The model would be "
-                      f"trained on a prompt format it is not served in: see `align-kit data check-template "
-                      f"{recipe.model.name_or_path}`, or set sft.check_template: false to train anyway")
-
-
 def report_truncation(rows: list[dict], max_length: int | None, split: str) -> int:
     if max_length is None:
         return 0
@@ -115,10 +93,11 @@ def run(recipe) -> Path:
     from align_kit.data.sources import load_data
     from align_kit.models import apply_lora, load_model, load_tokenizer
     from align_kit.runlog import finish_run, start_run
+    from align_kit.template_check import require_served_format
 
     out = Path(recipe.output_dir)
     tokenizer = load_tokenizer(recipe.model)
-    check_served_format(tokenizer, recipe)
+    require_served_format(tokenizer, recipe.model.name_or_path, recipe.options.check_template, "sft.check_template")
     data = load_data(recipe.data, "instruction")
     train_rows, train_stats = tokenize_rows(data.train, tokenizer, "train")
     eval_rows, _ = tokenize_rows(data.eval, tokenizer, "eval")

@@ -10,7 +10,7 @@ import pytest
 from helpers import sentencepiece_tokenizer
 
 from align_kit.families import apply_family, detect_template, get_family, get_template
-from align_kit.template_check import BATTERY, check_template
+from align_kit.template_check import BATTERY, check_template, require_served_format
 
 V3 = "tokenizers/mistral/mistral_instruct_tokenizer_240323.model.v3"
 
@@ -109,7 +109,8 @@ def test_sft_refuses_a_mismatch_before_loading_the_model(tmp_path):
     assert not (tmp_path / "out").exists()  # refused before anything was trained or written
     raw["sft"] = {"check_template": False}
     opted_out = recipe_from_dict(raw)
-    sft.check_served_format(load_tokenizer(opted_out.model), opted_out)  # the recipe says so: no error
+    require_served_format(load_tokenizer(opted_out.model), "builtin:tiny-llama", opted_out.options.check_template,
+                          "sft.check_template")  # the recipe says so: no error
 
 
 def test_a_training_template_that_fails_is_a_difference_not_a_crash():
