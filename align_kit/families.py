@@ -214,6 +214,7 @@ def apply_family(tokenizer, template: Template, family: Family, *, override_temp
     notes = []
     # The version the vocabulary says (the served format), whatever template training was told to use.
     tokenizer.align_kit_detected_template = detect_template(family, tokenizer.get_vocab()).name
+    tokenizer.align_kit_template = template.name  # its stop tokens; data/tokenize.py's rules for the family
     shipped = getattr(tokenizer, "chat_template", None)
     existing = template_source(tokenizer)
     tokenizer.align_kit_own_template = existing or None
