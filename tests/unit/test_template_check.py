@@ -118,3 +118,18 @@ def test_a_training_template_that_fails_is_a_difference_not_a_crash():
     report = check_template(_builtin(), training=failing)
     system = next(m for m in report.mismatches if m.case == "system")
     assert system.training == ["fails: TemplateError: no system here"] and system.lengths[0] == 0
+
+
+def test_cli_on_a_tokenizer_folder_needs_the_family(tmp_path, capsys):
+    from align_kit.cli import main
+    from align_kit.quickstart.model import build_tokenizer
+
+    tok = build_tokenizer()
+    tok.chat_template = resources.files("trl").joinpath("chat_templates", "llama3_1.jinja").read_text(encoding="utf-8")
+    tok.save_pretrained(tmp_path / "tok")
+    assert main(["data", "check-template", str(tmp_path / "tok")]) == 2
+    assert "pass --family" in capsys.readouterr().err
+    assert main(["data", "check-template", str(tmp_path / "tok"), "--family", "llama"]) == 0
+    out = capsys.readouterr().out
+    assert "(the tokenizer's own, kept)" in out and "6 conversations identical" in out  # tool call included
+    assert main(["data", "check-template", str(tmp_path / "tok"), "--family", "llama", "--override-template"]) == 2
