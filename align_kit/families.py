@@ -36,7 +36,7 @@ class Template:
 
     @property
     def jinja(self) -> str:
-        return _read_trl_template(self.trl_file) if self.trl_file else _read_template(self.name)
+        return read_trl_template(self.trl_file) if self.trl_file else _read_template(self.name)
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,8 @@ def _read_template(name: str) -> str:
 
 
 @cache
-def _read_trl_template(file: str) -> str:
+def read_trl_template(file: str) -> str:
+    """An official chat template that ships inside TRL (``trl/chat_templates/<file>``)."""
     return resources.files("trl").joinpath("chat_templates", file).read_text(encoding="utf-8")
 
 

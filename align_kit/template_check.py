@@ -131,10 +131,6 @@ def _window(tokenizer, ids: list[int], at: int) -> list[str]:
     return (["..."] if lo else []) + toks + (["..."] if hi < len(ids) else [])
 
 
-def _uses_tools(template: str) -> bool:
-    return "tools" in template or "tool_calls" in template
-
-
 def _render_ids(tokenizer, template: str, case: Case) -> list[int]:
     kw = {"tools": case.tools} if case.tools else {}
     out = tokenizer.apply_chat_template(case.messages, tokenize=True, return_dict=True, chat_template=template, **kw)
@@ -142,21 +138,21 @@ def _render_ids(tokenizer, template: str, case: Case) -> list[int]:
 
 
 def _reference(tokenizer, model_dir: str | None):
-    """(description, renderer or None): the model's own template, else the vendor encoder, else the official
-    template of the family version."""
+    """(description, renderer of ids or None, template text if any): the model's own template, else the vendor
+    encoder, else the official template of the version the vocabulary names."""
     own = getattr(tokenizer, "align_kit_own_template", None)
     if own:
         return "the tokenizer's own chat template", lambda case: _render_ids(tokenizer, own, case), own
     # without a template of the model's own: the official format of the version its vocabulary names
     name = getattr(tokenizer, "align_kit_detected_template", None) or getattr(tokenizer, "align_kit_template", "")
     if name.startswith("mistral_"):
-        encoder = mistral_common_encoder(model_dir, name)
+        encoder = mistral_common_encoder(model_dir)
         if encoder is not None:
             return "mistral-common's encoder", encoder, ""
     if name in OFFICIAL_TRL:
-        from align_kit.families import _read_trl_template
+        from align_kit.families import read_trl_template
 
-        official = _read_trl_template(OFFICIAL_TRL[name])
+        official = read_trl_template(OFFICIAL_TRL[name])
         return f"the official {name} template", lambda case: _render_ids(tokenizer, official, case), official
     if name in PUBLISHED:
         what, text = PUBLISHED[name]
@@ -164,7 +160,7 @@ def _reference(tokenizer, model_dir: str | None):
     return None, None, ""
 
 
-def mistral_common_encoder(model_dir: str | None, template_name: str):
+def mistral_common_encoder(model_dir: str | None):
     """Ids from ``mistral-common``'s own encoder, when it is installed and the model folder has a tokenizer
     file it reads (``tekken.json``, ``tokenizer.model.v3``, ...); else ``None``."""
     import importlib.util
@@ -224,6 +220,7 @@ class _Skip(Exception):
 
 def check_template(tokenizer, model_dir: str | None = None, training: str | None = None) -> Report:
     """Render :data:`BATTERY` with the training template (markers removed) and the reference; compare ids."""
+    from align_kit.data.tools import template_renders_tools
     from align_kit.families import strip_generation_markers, template_source
 
     training = strip_generation_markers(training or template_source(tokenizer) or "")
@@ -233,7 +230,7 @@ def check_template(tokenizer, model_dir: str | None = None, training: str | None
     if reference is None:
         return report
     for case in BATTERY:
-        if case.tools and not (_uses_tools(training) and (not ref_source or _uses_tools(ref_source))):
+        if case.tools and not (template_renders_tools(training) and (not ref_source or template_renders_tools(ref_source))):
             report.skipped[case.name] = "the template has no tool format"
             continue
         try:
