@@ -3,4 +3,4 @@ subparsers object, ``data_sub`` the subparsers of ``align-kit data``. A handler 
 ``parser.set_defaults(func=handler)`` and receives the parsed ``argparse.Namespace``; it returns an exit code.
 Add a module's name to ``MODULES`` to wire it in."""
 
-MODULES = ("train", "datawork", "plan", "preference", "ppo", "export", "evaluation")
+MODULES = ("train", "datawork", "plan", "preference", "ppo", "export", "evaluation", "templates")

@@ -23,6 +23,8 @@ def register(sub, data_sub) -> None:
     c.add_argument("--out", help="write converted rows as jsonl here")
     c.add_argument("--skip-bad-rows", action="store_true", help="drop bad rows and count them by reason")
     c.add_argument("--unpaired", action="store_true", help="write each pair as two KTO rows (label true/false)")
+    c.add_argument("--columns", action="append", metavar="SOURCE=TARGET",
+                   help="rename columns first, like a recipe's columns: (e.g. --columns better=chosen)")
     c.set_defaults(func=cmd_convert_preference)
 
 
@@ -57,12 +59,14 @@ def cmd_score(args) -> int:
 
 
 def cmd_convert_preference(args) -> int:
+    from align_kit.data.formats import parse_columns
     from align_kit.data.io import read_records
     from align_kit.data.preference import convert_records, to_unpaired
 
     report = SkipReport(args.input)
-    rows = list(convert_records(read_records(args.input, skip_report=report if args.skip_bad_rows else None), args.format, args.input, skip=args.skip_bad_rows,
-                                report=report))
+    records = read_records(args.input, skip_report=report if args.skip_bad_rows else None)
+    rows = list(convert_records(records, args.format, args.input, skip=args.skip_bad_rows, report=report,
+                                columns=parse_columns(args.columns)))
     if args.unpaired:
         rows = to_unpaired([r for r in rows if "chosen" in r]) + [r for r in rows if "label" in r]
     from align_kit.commands.train import write_converted

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -11,9 +12,12 @@ from align_kit.errors import ConfigError, SkipReport
 def register(sub, data_sub) -> None:
     p = sub.add_parser("train", help="run one stage from a recipe")
     p.add_argument("recipe", help="recipe YAML file")
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.learning_rate=1e-4 peft.r=16")
-    p.add_argument("--check", action="store_true", help="validate the recipe and exit")
-    p.set_defaults(func=cmd_train)
+    # REMAINDER: argparse cannot mix a '*' positional with an option between its values, so --check is
+    # picked out of the overrides by hand (it may come anywhere: before, between or after them).
+    p.add_argument("overrides", nargs=argparse.REMAINDER,
+                   help="dotted overrides, e.g. trainer.learning_rate=1e-4 peft.r=16")
+    p.add_argument("--check", action="store_true", help="validate the recipe and exit (any position)")
+    p.set_defaults(func=cmd_train, parser=p)
 
     pl = sub.add_parser("pipeline", help="run a pipeline of stages (finished stages are reused)")
     pl.add_argument("pipeline", help="pipeline YAML file")
@@ -35,9 +39,12 @@ def register(sub, data_sub) -> None:
     c.add_argument("--format", default="auto", help="alpaca, flan, flan_cot, sharegpt, messages or auto")
     c.add_argument("--out", help="write converted rows as jsonl here")
     c.add_argument("--skip-bad-rows", action="store_true", help="drop bad rows and count them by reason")
+    c.add_argument("--columns", action="append", metavar="SOURCE=TARGET",
+                   help="rename columns first, like a recipe's columns: (e.g. --columns outptu=output,q=instruction)")
     c.set_defaults(func=cmd_convert)
 
-    i = data_sub.add_parser("inspect", help="show one templated example with its trained tokens marked")
+    i = data_sub.add_parser("inspect", help="show one templated example (an SFT conversation, or a preference "
+                            "pair's prompt, chosen and rejected) with its trained tokens marked")
     i.add_argument("recipe")
     i.add_argument("overrides", nargs="*")
     i.add_argument("--row", type=int, default=1, help="which training row (from 1)")
@@ -49,8 +56,16 @@ def cmd_train(args) -> int:
     from align_kit.config import load_recipe
     from align_kit.stages import run_stage
 
-    recipe = load_recipe(args.recipe, args.overrides)
-    if args.check:
+    if {"-h", "--help"} & set(args.overrides):
+        args.parser.print_help()
+        return 0
+    overrides = [o for o in args.overrides if o != "--check"]
+    check = args.check or len(overrides) < len(args.overrides)
+    unknown = [o for o in overrides if o.startswith("-")]
+    if unknown:
+        raise ConfigError(f"train: unknown option {unknown[0]} (options: --check); overrides are key=value")
+    recipe = load_recipe(args.recipe, overrides)
+    if check:
         print(f"{args.recipe}: valid {recipe.stage} recipe")
         return 0
     out = run_stage(recipe)
@@ -98,13 +113,14 @@ def cmd_quickstart(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from align_kit.data.formats import FLAN_COT_COLUMNS, convert_records
+    from align_kit.data.formats import convert_records, headerless_columns, parse_columns
     from align_kit.data.io import read_records
 
-    cols = FLAN_COT_COLUMNS if args.format == "flan_cot" and args.input.endswith(".tsv") else None
+    cols = headerless_columns(args.input, args.format)
     report = SkipReport(args.input)
-    rows = list(convert_records(read_records(args.input, columns=cols, skip_report=report if args.skip_bad_rows else None), args.format, args.input,
-                                skip=args.skip_bad_rows, report=report))
+    records = read_records(args.input, columns=cols, skip_report=report if args.skip_bad_rows else None)
+    rows = list(convert_records(records, args.format, args.input, skip=args.skip_bad_rows, report=report,
+                                columns=parse_columns(args.columns)))
     return write_converted(rows, args.out, report)
 
 
@@ -129,18 +145,48 @@ def cmd_inspect(args) -> int:
     from align_kit.models import load_tokenizer
 
     recipe = load_recipe(args.recipe, args.overrides)
-    if recipe.stage not in ("sft",):
-        raise ConfigError(f"data inspect shows SFT examples; {args.recipe} is a '{recipe.stage}' recipe")
+    if recipe.stage not in ("sft", "dpo", "kto", "reward"):
+        raise ConfigError(f"data inspect shows SFT conversations and preference pairs (sft, dpo, kto, reward "
+                          f"recipes); {args.recipe} is a '{recipe.stage}' recipe")
     tokenizer = load_tokenizer(recipe.model)
+    if recipe.stage != "sft":
+        return _inspect_preference(args, recipe, tokenizer)
     rows = load_data(recipe.data, "instruction").train
     if not 1 <= args.row <= len(rows):
         raise ConfigError(f"--row {args.row}: expected 1..{len(rows)}")
     stops = stop_token_ids(tokenizer, get_template(tokenizer.align_kit_template))
-    tok = tokenize_conversation(tokenizer, rows[args.row - 1]["messages"], stops)
+    row = rows[args.row - 1]
+    tok = tokenize_conversation(tokenizer, row["messages"], stops, tools=row.get("tools"))
     print(f"template: {tokenizer.align_kit_template}; trained tokens: {sum(tok.assistant_masks)} of "
           f"{len(tok.input_ids)}; [[...]] marks what the model learns")
     print(render_marked(tokenizer, tok))
     if args.ids:
         for tid, m in zip(tok.input_ids, tok.assistant_masks):
             print(f"{tid:>8} {'T' if m else '.'} {tokenizer.convert_ids_to_tokens(tid)!r}")
+    return 0
+
+
+def _inspect_preference(args, recipe, tokenizer) -> int:
+    """A preference pair (dpo, reward) or a KTO row: the prompt as served, then each completion with the
+    tokens the loss is computed on marked."""
+    from align_kit.data.sources import load_data
+    from align_kit.data.tokenize import completion_tokens, render_marked
+
+    rows = load_data(recipe.data, "unpaired" if recipe.stage == "kto" else "preference").train
+    if not 1 <= args.row <= len(rows):
+        raise ConfigError(f"--row {args.row}: expected 1..{len(rows)}")
+    row = rows[args.row - 1]
+    print(f"template: {tokenizer.align_kit_template}; {recipe.stage} row {args.row}; [[...]] marks the completion "
+          "tokens the loss is computed on")
+    print("--- prompt (as served, with the generation prompt)")
+    print(tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True))
+    sides = [("completion", f"label {row['label']}")] if "label" in row else [("chosen", ""), ("rejected", "")]
+    for side, note in sides:
+        tok = completion_tokens(tokenizer, row["prompt"], row[side])
+        print(f"--- {side}{' (' + note + ')' if note else ''}: {sum(tok.assistant_masks)} of {len(tok.input_ids)} "
+              "tokens marked")
+        print(render_marked(tokenizer, tok))
+        if args.ids:
+            for tid, m in zip(tok.input_ids, tok.assistant_masks):
+                print(f"{tid:>8} {'T' if m else '.'} {tokenizer.convert_ids_to_tokens(tid)!r}")
     return 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
+from align_kit.data.tools import next_roles, normalise_tools, tool_calls
 from align_kit.errors import DataError, describe
 
 INSTRUCTION_FORMATS = ("alpaca", "flan", "flan_cot", "sharegpt", "messages")
@@ -21,7 +22,55 @@ FLAN_COT_COLUMNS = ["question", "answer", "rationale"]
 _KNOWN_KEYS = {"instruction", "input", "output", "system", "history", "inputs", "targets", "question", "answer",
                "rationale", "conversations", "messages", "id"}
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                   "chatgpt": "assistant", "bing": "assistant", "bard": "assistant", "system": "system"}
+                   "chatgpt": "assistant", "bing": "assistant", "bard": "assistant", "system": "system",
+                   # LLaMA-Factory's tool turns: a call (JSON) is assistant output, its result a tool message
+                   "function_call": "assistant", "observation": "tool", "tool": "tool"}
+
+
+def _looks_like_header(cells: list[str]) -> bool:
+    """A header row names columns: every cell a short identifier (FLAN CoT rows are sentences).
+
+    >>> _looks_like_header(["question", "answer", "rationale"]), _looks_like_header(["Is it so?", "yes", "Because."])
+    (True, False)
+    """
+    import re
+
+    return all(re.fullmatch(r"[A-Za-z_][\w.\-]{0,40}", c.strip()) for c in cells)
+
+
+def headerless_columns(path: str, fmt: str) -> list[str] | None:
+    """Column names for a header-less TSV: FLAN CoT's ``question, answer, rationale`` when the format says so,
+    or under ``auto`` when the first row has three cells and is not a header; else ``None`` (row 1 is the header).
+    """
+    if not str(path).lower().endswith(".tsv") or fmt not in ("flan_cot", "auto"):
+        return None
+    if fmt == "flan_cot":
+        return FLAN_COT_COLUMNS
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            first = fh.readline().rstrip("\r\n").split("\t")
+    except OSError:
+        return None  # the reader reports a missing file
+    return FLAN_COT_COLUMNS if len(first) == 3 and not _looks_like_header(first) else None
+
+
+def parse_columns(spec: list[str] | None) -> dict[str, str]:
+    """``--columns`` values (``source=target``, comma-separated or repeated) -> a mapping like a recipe's
+    ``columns:``.
+
+    >>> parse_columns(["outptu=output,prompt=instruction", "answer=output"])
+    {'outptu': 'output', 'prompt': 'instruction', 'answer': 'output'}
+    """
+    out = {}
+    for item in spec or []:
+        for pair in filter(None, (p.strip() for p in item.split(","))):
+            src, sep, dst = pair.partition("=")
+            if not sep or not src.strip() or not dst.strip():
+                from align_kit.errors import ConfigError
+
+                raise ConfigError(f"--columns {pair!r}: expected SOURCE=TARGET, e.g. --columns outptu=output")
+            out[src.strip()] = dst.strip()
+    return out
 
 
 def detect_format(record: dict) -> str | None:
@@ -120,12 +169,46 @@ def _sharegpt(rec: dict, where: tuple) -> list[dict]:
         field = f"conversations[{i}]"
         if not isinstance(turn, dict):
             raise DataError(source, row, field, describe(turn), "an object with 'from' and 'value'")
-        role = _SHAREGPT_ROLES.get(str(turn.get("from", "")).lower())
+        kind = str(turn.get("from", "")).lower()
+        role = _SHAREGPT_ROLES.get(kind)
         if role is None:
             raise DataError(source, row, f"{field}.from", describe(turn.get("from")),
                             f"one of {', '.join(sorted(_SHAREGPT_ROLES))}")
+        if kind == "function_call":
+            msgs.append({"role": "assistant", "content": "",
+                         "tool_calls": tool_calls(turn.get("value"), where, f"{field}.value")})
+            continue
         msgs.append({"role": role, "content": _text(turn, "value", (source, row))})
     return msgs
+
+
+def content_text(content: object, source: str, row: int | None, field: str) -> str:
+    """Message content as text: a string, or OpenAI-style content parts whose text parts are joined.
+
+    >>> content_text([{"type": "text", "text": "Hello"}, {"type": "text", "text": " world"}], "f", 1, "c")
+    'Hello world'
+    >>> content_text([{"type": "image_url", "image_url": {"url": "x"}}], "f.jsonl", 2, "messages[0].content")
+    Traceback (most recent call last):
+    align_kit.errors.DataError: f.jsonl: row 2: field 'messages[0].content[0].type': expected 'text' (a text-only model; image, audio and file parts cannot be trained on), found string 'image_url'
+    """
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise DataError(source, row, field, describe(content), "a string or a list of {type: text, text} parts")
+    texts = []
+    for i, part in enumerate(content):
+        if isinstance(part, str):
+            texts.append(part)
+            continue
+        if not isinstance(part, dict):
+            raise DataError(source, row, f"{field}[{i}]", describe(part), "a {type: text, text: ...} part")
+        if part.get("type", "text") != "text":
+            raise DataError(source, row, f"{field}[{i}].type", describe(part.get("type")),
+                            "'text' (a text-only model; image, audio and file parts cannot be trained on)")
+        if not isinstance(part.get("text"), str):
+            raise DataError(source, row, f"{field}[{i}].text", describe(part.get("text")), "a string")
+        texts.append(part["text"])
+    return "".join(texts)
 
 
 def _messages(rec: dict, where: tuple) -> list[dict]:
@@ -137,12 +220,21 @@ def _messages(rec: dict, where: tuple) -> list[dict]:
     for i, m in enumerate(turns):
         if not isinstance(m, dict) or "role" not in m:
             raise DataError(source, row, f"messages[{i}]", describe(m), "an object with 'role' and 'content'")
-        if m["role"] not in ("system", "user", "assistant"):
-            raise DataError(source, row, f"messages[{i}].role", describe(m["role"]), "system, user or assistant")
-        content = m.get("content")
-        if not isinstance(content, str) or not content.strip():
-            raise DataError(source, row, f"messages[{i}].content", describe(content), "a non-empty string")
-        out.append({"role": m["role"], "content": content})
+        if m["role"] not in ("system", "user", "assistant", "tool"):
+            raise DataError(source, row, f"messages[{i}].role", describe(m["role"]),
+                            "system, user or assistant (or tool, for a tool result)")
+        calls = m.get("tool_calls") if m["role"] == "assistant" else None
+        content = content_text(m.get("content") or ("" if calls else m.get("content")), source, row,
+                               f"messages[{i}].content")
+        if not content.strip() and not calls:
+            raise DataError(source, row, f"messages[{i}].content", describe(m.get("content")), "non-empty text")
+        msg = {"role": m["role"], "content": content}
+        if calls:
+            msg["tool_calls"] = tool_calls(calls, where, f"messages[{i}].tool_calls")
+        for key in ("name", "tool_call_id"):  # a tool result may say which call it answers
+            if m["role"] == "tool" and isinstance(m.get(key), str):
+                msg[key] = m[key]
+        out.append(msg)
     return out
 
 
@@ -150,7 +242,8 @@ _CONVERTERS = {"alpaca": _alpaca, "flan": _flan, "flan_cot": _flan_cot, "sharegp
 
 
 def check_conversation(msgs: list[dict], where: tuple, field: str = "messages") -> list[dict]:
-    """Optional system first, then user/assistant alternating, ending with an assistant turn.
+    """Optional system first, then user/assistant alternating, ending with an assistant turn; an assistant
+    tool call is followed by one or more tool results, then the assistant again.
 
     >>> check_conversation([{"role": "assistant", "content": "x"}], ("f.json", 1))
     Traceback (most recent call last):
@@ -160,10 +253,14 @@ def check_conversation(msgs: list[dict], where: tuple, field: str = "messages") 
     if not msgs or (len(msgs) == 1 and msgs[0]["role"] == "system"):
         raise DataError(source, row, field, "an empty conversation", "at least one user and one assistant turn")
     start = 1 if msgs[0]["role"] == "system" else 0
+    prev = None
     for i, m in enumerate(msgs[start:], start=start):
-        want = "user" if (i - start) % 2 == 0 else "assistant"
-        if m["role"] != want:
-            raise DataError(source, row, f"{field}[{i}].role", m["role"], f"{want} (turns alternate user, assistant)")
+        allowed = ("user",) if prev is None else next_roles(prev)
+        if m["role"] not in allowed:
+            why = ("a tool call is answered by tool results, then the assistant"
+                   if "tool" in allowed or (prev and prev["role"] == "tool") else "turns alternate user, assistant")
+            raise DataError(source, row, f"{field}[{i}].role", m["role"], f"{' or '.join(allowed)} ({why})")
+        prev = m
     if msgs[-1]["role"] != "assistant":
         raise DataError(source, row, field, f"a conversation ending with a {msgs[-1]['role']} turn",
                         "a final assistant turn to learn from")
@@ -172,7 +269,20 @@ def check_conversation(msgs: list[dict], where: tuple, field: str = "messages") 
 
 def to_messages(record: dict, fmt: str = "auto", source: str = "<record>", row: int | None = None,
                 columns: dict[str, str] | None = None) -> list[dict]:
-    """Convert one record to a validated conversation."""
+    """Convert one record to a validated conversation (its messages; :func:`to_conversation` keeps ``tools``)."""
+    return to_conversation(record, fmt, source, row, columns)["messages"]
+
+
+def to_conversation(record: dict, fmt: str = "auto", source: str = "<record>", row: int | None = None,
+                    columns: dict[str, str] | None = None) -> dict:
+    """One record -> ``{"messages": [...]}`` plus ``"tools"`` when the row declares tools (kept, never dropped).
+
+    >>> to_conversation({"conversations": [{"from": "human", "value": "Weather?"},
+    ...     {"from": "function_call", "value": '{"name": "w", "arguments": {}}'},
+    ...     {"from": "observation", "value": "sunny"}, {"from": "gpt", "value": "Sunny."}],
+    ...     "tools": '[{"name": "w", "parameters": {}}]'})["tools"][0]["function"]["name"]
+    'w'
+    """
     where = (source, row)
     if columns:
         record = {columns.get(k, k): v for k, v in record.items()}
@@ -180,11 +290,19 @@ def to_messages(record: dict, fmt: str = "auto", source: str = "<record>", row: 
         fmt = detect_format(record) or ""
         if not fmt:
             raise DataError(source, row, None, f"keys {sorted(record)[:8]}",
-                            "instruction/output (alpaca), inputs/targets (flan), conversations (sharegpt) "
-                            "or messages; set data.train[].format and columns if your names differ")
+                            "instruction/output (alpaca), inputs/targets (flan), question/answer/rationale "
+                            "(flan_cot), conversations (sharegpt) or messages; set data.train[].format and "
+                            "columns if your names differ")
     if fmt not in _CONVERTERS:
         raise DataError(source, row, None, f"format '{fmt}'", f"one of {', '.join(_CONVERTERS)}")
-    return check_conversation(_CONVERTERS[fmt](record, where), where)
+    msgs = _CONVERTERS[fmt](record, where)
+    # name the user's own field: ShareGPT turns line up with 'conversations' unless a system field was put first
+    field = "conversations" if fmt == "sharegpt" and msgs[:1] and msgs[0]["role"] != "system" else "messages"
+    out = {"messages": check_conversation(msgs, where, field)}
+    tools = normalise_tools(record.get("tools"), where)
+    if tools:
+        out["tools"] = tools
+    return out
 
 
 def convert_records(records: Iterable[tuple[int, dict]], fmt: str, source: str, *, skip: bool = False,
@@ -192,7 +310,7 @@ def convert_records(records: Iterable[tuple[int, dict]], fmt: str, source: str, 
     """Convert ``(row, record)`` pairs; ``skip`` drops bad rows into ``report`` (a SkipReport) instead of raising."""
     for row, rec in records:
         try:
-            msgs = to_messages(rec, fmt, source, row, columns)
+            conversation = to_conversation(rec, fmt, source, row, columns)
         except DataError as err:
             if not skip:
                 raise
@@ -200,4 +318,4 @@ def convert_records(records: Iterable[tuple[int, dict]], fmt: str, source: str, 
             continue
         if report is not None:
             report.kept += 1
-        yield {"messages": msgs}
+        yield conversation

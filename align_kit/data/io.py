@@ -2,7 +2,8 @@
 
 Supported: ``.json`` (a list of objects), ``.jsonl`` / ``.jsonl.gz``, ``.csv`` / ``.tsv``
 (header row unless ``columns`` is given), ``.parquet``, and ``.txt`` (see :func:`read_text_documents`).
-Rows are numbered from 1 in messages (for JSONL the line number, for JSON the list index + 1).
+Rows are numbered from 1 in messages (for JSONL the line number, for JSON the list index + 1). JSON and
+JSON Lines are told apart by content (:func:`sniff_json`), so JSON Lines named ``.json`` reads as such.
 """
 
 from __future__ import annotations
@@ -32,6 +33,27 @@ def file_kind(path: str | Path) -> str:
         if name.endswith(suffix):
             return kind
     raise DataError(str(path), None, None, f"suffix of '{Path(path).name}'", f"one of {', '.join(SUFFIXES)}")
+
+
+def sniff_json(text: str, kind: str) -> str:
+    """``json`` or ``jsonl`` by content, whatever the suffix says: a first line that is a complete JSON value with
+    more lines after it is JSON Lines; a document opening with ``[`` over several lines, or one line holding a
+    list of objects, is one JSON list. Anything else keeps ``kind`` (its reader reports what is wrong).
+
+    >>> sniff_json('{"a": 1}\\n{"a": 2}\\n', "json"), sniff_json('[\\n{"a": 1}]', "jsonl"), sniff_json('[1, 2]', "jsonl")
+    ('jsonl', 'json', 'jsonl')
+    """
+    body = text.lstrip()
+    if not body.startswith(("[", "{")):
+        return kind
+    first, _, rest = body.partition("\n")
+    try:
+        value = json.loads(first)
+    except json.JSONDecodeError:
+        return "json" if body.startswith("[") else kind  # a document over several lines (or a broken line)
+    if rest.strip():
+        return "jsonl"
+    return "json" if isinstance(value, list) and value and all(isinstance(v, dict) for v in value) else kind
 
 
 def _read_text(path: Path) -> str:
@@ -79,6 +101,8 @@ def read_records(path: str | Path, columns: list[str] | None = None,
         yield from _read_parquet(path)
         return
     text = _read_text(path)
+    if kind in ("json", "jsonl"):
+        kind = sniff_json(text, kind)
     if kind == "json":
         try:
             data = json.loads(text)

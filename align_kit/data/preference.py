@@ -13,6 +13,10 @@ Input formats (``fmt="auto"`` detects them from a record's columns; a file keeps
 ``paired``     ``question``, ``response_j``, ``response_k`` (j is preferred)
 ``unpaired``   ``prompt``, ``completion``, ``label`` (true = desirable)
 =============  ==========================================================================================
+
+Messages style (TRL's and OpenAI's): ``messages`` stands for the prompt (``messages`` + ``chosen`` +
+``rejected``: a one-turn preference file); ``messages`` ending with the assistant reply plus a boolean
+``label`` is a KTO row. Message content may be OpenAI content parts (``[{"type": "text", "text": ...}]``).
 """
 
 from __future__ import annotations
@@ -45,14 +49,14 @@ def detect_format(record: dict, source: str = "<records>", row: int | None = 1) 
     'unpaired'
     """
     keys = set(record)
-    if {"prompt", "completion", "label"} <= keys:
+    if {"prompt", "completion", "label"} <= keys or {"messages", "label"} <= keys:
         return "unpaired"
     if {"question", "response_j", "response_k"} <= keys:
         return "paired"
     if {"conversations", "chosen", "rejected"} <= keys:
         return "sharegpt"
     if {"chosen", "rejected"} <= keys:
-        if "prompt" not in keys and isinstance(record["chosen"], str):
+        if "prompt" not in keys and "messages" not in keys and isinstance(record["chosen"], str):
             return "hh_rlhf"
         return "preference"
     raise DataError(source, row, None, f"columns {sorted(keys)[:8]}",
@@ -126,12 +130,12 @@ def _message(obj: object, source: str, row: int | None, field: str) -> dict:
     """One message from ``{"role", "content"}`` or ShareGPT's ``{"from", "value"}``."""
     if not isinstance(obj, dict):
         raise DataError(source, row, field, describe(obj), "a message object with role and content")
+    from align_kit.data.formats import content_text
+
     role = obj.get("role", obj.get("from"))
-    content = obj.get("content", obj.get("value"))
     if not isinstance(role, str) or role.lower() not in _ROLES:
         raise DataError(source, row, field, f"role {describe(role)}", "a role of system, user or assistant")
-    if not isinstance(content, str):
-        raise DataError(source, row, field, describe(content), "message content as a string")
+    content = content_text(obj.get("content", obj.get("value")), source, row, f"{field}.content")
     return {"role": _ROLES[role.lower()], "content": content.strip()}
 
 
@@ -215,6 +219,32 @@ def _label(value: object, source: str, row: int | None) -> bool:
     raise DataError(source, row, "label", describe(value), "a boolean label (true = desirable)")
 
 
+def _messages_style(record: dict, fmt: str, source: str, row: int | None) -> dict:
+    """``messages`` as the prompt; for a KTO row without ``completion`` its last (assistant) turn is the completion.
+
+    >>> r = _messages_style({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+    ...                      "label": True}, "unpaired", "k.jsonl", 1)
+    >>> r["prompt"], r["completion"]["content"]
+    ([{'role': 'user', 'content': 'q'}], 'a')
+    """
+    if "messages" not in record or "prompt" in record:
+        return record
+    out = {k: v for k, v in record.items() if k != "messages"}
+    msgs = record["messages"]
+    if fmt == "unpaired" and "completion" not in record:
+        if not isinstance(msgs, list) or len(msgs) < 2:
+            raise DataError(source, row, "messages", describe(msgs),
+                            "a list of messages ending with the assistant reply the label judges")
+        last = msgs[-1]
+        if not isinstance(last, dict) or last.get("role", last.get("from")) not in ("assistant", "gpt"):
+            raise DataError(source, row, f"messages[{len(msgs) - 1}]", describe(last),
+                            "an assistant reply last (the completion the label judges)")
+        out["prompt"], out["completion"] = msgs[:-1], last
+    else:
+        out["prompt"] = msgs
+    return out
+
+
 def normalise_format(fmt: str | None) -> str | None:
     """Canonical format name (``None`` = detect); unknown names are errors listing the valid ones.
 
@@ -243,6 +273,7 @@ def to_preference(record: dict, fmt: str | None = None, source: str = "<records>
     if columns:
         record = {columns.get(k, k): v for k, v in record.items()}
     fmt = normalise_format(fmt) or detect_format(record, source, row)
+    record = _messages_style(record, fmt, source, row)
     if fmt == "hh_rlhf":
         chosen = parse_hh_transcript(record.get("chosen"), source, row, "chosen")
         rejected = parse_hh_transcript(record.get("rejected"), source, row, "rejected")

@@ -36,8 +36,9 @@ def _records(src: DataSource, location: str, skip_report: SkipReport | None = No
         return enumerate(ds, start=1)
     if location.lower().endswith((".txt", ".txt.gz")):
         return ((row, {"text": doc}) for row, doc in read_text_documents(location, src.text_split))
-    columns = FLAN_COT_COLUMNS if src.format == "flan_cot" and location.endswith(".tsv") else None
-    return read_records(location, columns=columns, skip_report=skip_report)
+    from align_kit.data.formats import headerless_columns
+
+    return read_records(location, columns=headerless_columns(location, src.format), skip_report=skip_report)
 
 
 def resolve(src: DataSource, for_training: bool) -> tuple[str, str, dict]:

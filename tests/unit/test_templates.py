@@ -114,16 +114,36 @@ def test_mistral_v3_control_tokens(shared):
 # ------------------------------------------------------------------------------------------ ChatGLM3
 
 
-def test_chatglm3_role_tokens_have_official_ids(shared):
-    tok, stops = _prepare(sentencepiece_tokenizer(shared / "tokenizers/chatglm3/tokenizer.model", legacy=False),
-                          "glm", "chatglm3")
+def _chatglm3_reference(sp, messages) -> list[int]:
+    """ChatGLM3's own build_chat_input: [gMASK] sop, then <|role|> + encode("\\n") + encode(content) per message."""
+    roles = {"system": 64794, "user": 64795, "assistant": 64796}
+    ids = [64790, 64792]
+    for m in messages:
+        ids += [roles[m["role"]]] + sp.encode("\n") + sp.encode(m["content"])
+    return ids
+
+
+def test_chatglm3_equals_its_own_encoder_and_trains_up_to_the_next_role(shared):
+    import sentencepiece as spm
+
+    path = shared / "tokenizers/chatglm3/tokenizer.model"
+    tok, stops = _prepare(sentencepiece_tokenizer(path, legacy=False), "glm", "chatglm3")
     ids = tok.convert_tokens_to_ids(["[gMASK]", "sop", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"])
     assert ids == [64790, 64792, 64794, 64795, 64796, 64797]  # ChatGLM3's ids, so its embeddings line up
+    sp = spm.SentencePieceProcessor(model_file=str(path))
     t, trained, context = _split(tok, stops, [SYSTEM, *TURNS])
-    assert t.input_ids[:3] == [64790, 64792, 64794]
-    assert trained == [24218, 30992, 1072, 457, 307, 833, 30987, 2, 30972, 2]
+    assert t.input_ids == _chatglm3_reference(sp, [SYSTEM, *TURNS]) + [2]  # + eos closing the last reply
+    # a reply is what follows <|assistant|> (encode("\n") + encode(reply)) up to the next <|user|>, then eos
+    reply1 = sp.encode("\n") + sp.encode("Hello! How can I help?")
+    assert trained == reply1 + [64795] + sp.encode("\n") + sp.encode("4") + [2]
     assert context.count(64796) == 2 and 64796 not in trained  # <|assistant|> opens the turn: context
     assert set(stops) >= {2, 64795, 64797}
+    from align_kit.template_check import BATTERY
+
+    for case in BATTERY:
+        if case.tools is None:  # every conversation of the battery, the empty reply included
+            assert tokenize_conversation(tok, case.messages, stops).input_ids == (
+                _chatglm3_reference(sp, case.messages) + [2]), case.name
 
 
 # ------------------------------------------------------------------------------------------ in-process formats
@@ -147,7 +167,9 @@ def test_glm4_format_with_added_specials(shared):
     t, trained, _ = _split(tok, stops, TURNS)
     text = tok.decode(t.input_ids, skip_special_tokens=False)
     assert text.startswith("[gMASK]<sop><|user|>")
-    assert tok.decode(trained, skip_special_tokens=False).replace(" ", "") == "Hello!HowcanIhelp?</s>4</s>"
+    assert tok.apply_chat_template(TURNS[:1], tokenize=False, add_generation_prompt=True).endswith("<|assistant|>")
+    # no end-of-reply token between turns (as served); the next <|user|> ends a reply, eos the last one
+    assert tok.decode(trained, skip_special_tokens=False).replace(" ", "") == "\nHello!HowcanIhelp?<|user|>\n4</s>"
 
 
 def test_template_without_stop_token_is_refused():
