@@ -1,6 +1,9 @@
 """The quickstart pipeline end to end: each stage improves what it should, measured by the verifier.
 
-The pipeline runs once per session (the ``quickstart`` fixture); these tests read its outputs.
+The pipeline runs once per session (the ``quickstart`` fixture); these tests read its outputs. Every bound
+below holds for each of the five seeds of the seeds table in benchmarks/RESULTS.md ("Quickstart over seeds",
+``python benchmarks/quickstart_seeds.py``), with the margin from that table stated beside it. The table's
+extremes are quoted as [min, max] over seeds 0-4.
 """
 
 from __future__ import annotations
@@ -8,18 +11,46 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+# One xdist worker takes all of them: the pipeline runs once, and the other worker never waits on its lock.
+pytestmark = pytest.mark.xdist_group("quickstart")
 
 
 def _evals(root: Path, stage: str) -> dict:
     return json.loads((root / stage / "eval.json").read_text())
 
 
-def test_sft_beats_the_untrained_model(quickstart):
+@pytest.fixture(scope="module")
+def kinds(quickstart) -> dict[str, dict[str, float]]:
+    """Greedy verifier accuracy per task kind of every policy stage on the 240 held-out prompts."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from align_kit.generation import generate
+    from align_kit.quickstart import tasks
+
+    rows = [json.loads(line) for line in (tasks.HERE / "sft_test.jsonl").read_text().splitlines()]
+    prompts = [r["messages"][:-1] for r in rows]
+    out = {}
+    for stage in ("sft", "dpo", "ppo"):
+        model = AutoModelForCausalLM.from_pretrained(quickstart / stage / "model")
+        tok = AutoTokenizer.from_pretrained(quickstart / stage / "model")
+        out[stage] = tasks.accuracy_by_kind([p[-1]["content"] for p in prompts], generate(model, tok, prompts, max_new_tokens=8))
+    print("greedy verifier accuracy per kind:", json.dumps(out))
+    return out
+
+
+def test_sft_learns_the_tasks_and_the_demonstrators_slip(quickstart, kinds):
     ev = _evals(quickstart, "sft")
     print(f"SFT verifier accuracy: {ev['before']['verifier_accuracy']:.3f} -> {ev['after']['verifier_accuracy']:.3f}")
-    assert ev["before"]["verifier_accuracy"] <= 0.05
-    assert ev["after"]["verifier_accuracy"] >= ev["before"]["verifier_accuracy"] + 0.3
+    assert ev["before"]["verifier_accuracy"] <= 0.05  # an untrained model: 0.000 on every seed
+    assert ev["after"]["verifier_accuracy"] >= 0.65  # seeds [0.708, 0.771]; ~0.76 = all right but the slip
+    sft = kinds["sft"]
+    assert sft["contains"] >= 0.95  # seeds [1.000, 1.000]
+    assert sft["length"] >= 0.85  # seeds [0.909, 1.000]
+    assert sft["length, slipped"] <= 0.25  # the slip is learnt: seeds [0.000, 0.035]
 
 
 def test_pipeline_report_shows_every_stage(quickstart):
@@ -34,9 +65,8 @@ def test_pipeline_report_shows_every_stage(quickstart):
 def test_rerun_reuses_finished_stages(quickstart, tmp_path):
     from align_kit.pipeline import run_pipeline
 
-    root = Path(__file__).resolve().parents[2]
     before = (quickstart / "ppo" / "model" / "model.safetensors").stat().st_mtime_ns
-    run_pipeline(root / "recipes/tiny/pipeline.yaml", output_dir=str(quickstart))
+    run_pipeline(ROOT / "recipes/tiny/pipeline.yaml", output_dir=str(quickstart))
     summary = json.loads((quickstart / "pipeline.json").read_text())
     assert [s["status"] for s in summary["stages"]] == ["done (reused)"] * 4
     assert (quickstart / "ppo" / "model" / "model.safetensors").stat().st_mtime_ns == before
@@ -44,16 +74,13 @@ def test_rerun_reuses_finished_stages(quickstart, tmp_path):
 
 def test_gate_stops_the_pipeline(quickstart, tmp_path):
     """A gate that the reward model cannot pass stops the pipeline before later stages run."""
-    import pytest
-
     from align_kit.pipeline import GateFailed, run_pipeline
 
-    root = Path(__file__).resolve().parents[2]
-    spec = yaml.safe_load((root / "recipes/tiny/pipeline.yaml").read_text())
+    spec = yaml.safe_load((ROOT / "recipes/tiny/pipeline.yaml").read_text())
     spec["stages"] = spec["stages"][:3]
     spec["stages"][1]["gate"] = {"metric": "accuracy", "min": 1.01}
     for s in spec["stages"]:
-        s["recipe"] = str(root / "recipes/tiny" / s["recipe"])
+        s["recipe"] = str(ROOT / "recipes/tiny" / s["recipe"])
     path = tmp_path / "gated.yaml"
     path.write_text(yaml.safe_dump(spec))
     out = tmp_path / "gated"
@@ -69,70 +96,44 @@ def test_reward_model_ranks_held_out_pairs(quickstart):
     ev = _evals(quickstart, "reward")
     print(f"reward model on {ev['pairs']} held-out pairs: accuracy {ev['accuracy']:.3f} "
           f"(longer answer {ev['length_baseline_accuracy']:.3f}), ECE {ev['ece']:.3f}")
-    assert ev["pairs"] == 200 and ev["accuracy"] >= 0.9  # issue 4's bar (recipes/tiny/reward.yaml: measured)
-    assert ev["accuracy"] > ev["length_baseline_accuracy"] + 0.25
+    assert ev["pairs"] == 240
+    assert ev["accuracy"] >= 0.9  # seeds [0.958, 1.000]
+    assert ev["accuracy"] >= ev["length_baseline_accuracy"] + 0.3  # gain over it: seeds [+0.43, +0.53]
 
 
-def test_dpo_beats_sft(quickstart):
+def test_dpo_fixes_the_slip(quickstart, kinds):
     ev = _evals(quickstart, "dpo")
     before, after = ev["before"], ev["after"]
     print(f"DPO: likelihood accuracy {before['likelihood_accuracy']:.3f} -> {after['likelihood_accuracy']:.3f}, "
           f"log-ratio accuracy 0.5 -> {after['logratio_accuracy']:.3f}, "
           f"verifier {before['verifier_accuracy']:.3f} -> {after['verifier_accuracy']:.3f}")
-    # Issue 4's preference accuracy is the log-ratio one: chosen above rejected relative to the reference, 0.5
-    # (all ties) before training. The plain likelihood ranking of the SFT model is already near 1.0.
-    assert after["logratio_accuracy"] > 0.8
-    assert after["likelihood_accuracy"] >= before["likelihood_accuracy"]
-    assert after["verifier_accuracy"] > before["verifier_accuracy"]
+    # The log-ratio accuracy (chosen above rejected relative to the reference) is 0.5 before training: all ties.
+    assert after["logratio_accuracy"] >= 0.9  # seeds [1.000, 1.000]
+    assert after["verifier_accuracy"] >= before["verifier_accuracy"] + 0.15  # gain: seeds [+0.229, +0.292]
+    assert kinds["dpo"]["length, slipped"] >= 0.8  # seeds [1.000, 1.000]
+    assert kinds["dpo"]["contains"] >= 0.95 and kinds["dpo"]["length"] >= 0.95  # seeds [1.000, 1.000]
 
 
-def test_ppo_raises_reward_and_verifier_within_the_kl_limit(quickstart):
+def test_ppo_fixes_the_slip_from_the_reward_model_within_the_kl_limit(quickstart, kinds):
     """PPO-ptx raises the reward model's mean score and the verifier's accuracy on held-out prompts above the
-    SFT model's, with the KL below the recipe's limit.
-
-    Where the gain comes from: the SFT demonstrations miscount six-letter words (quickstart/tasks.py), the
-    verifier-ranked pairs do not, so the reward model is right where the SFT model's likeliest answer is wrong
-    and the right one is often sampled. The ptx term trains on those same slipped demonstrations, so it cannot
-    be what fixes them (recipes/tiny/ppo.yaml has the per-kind figures)."""
+    SFT model's, with the KL below the recipe's limit. The gain is the slipped counts: the reward model is
+    exact there (the pairs carry no slip), the SFT model's likeliest answer is wrong and the right one is
+    sampled about a quarter of the time; the ptx term trains on the slipped demonstrations themselves."""
     from align_kit.config import load_recipe
 
     ev = _evals(quickstart, "ppo")
     before, after = ev["before"], ev["after"]
     logs = [json.loads(line) for line in (quickstart / "ppo" / "ppo_log.jsonl").read_text().splitlines()]
-    root = Path(__file__).resolve().parents[2]
-    limit = load_recipe(root / "recipes/tiny/ppo.yaml").trainer_config().kl_limit
+    limit = load_recipe(ROOT / "recipes/tiny/ppo.yaml").trainer_config().kl_limit
     print(f"PPO: reward {before['reward_mean']:+.3f} -> {after['reward_mean']:+.3f}, verifier "
           f"{before['verifier_accuracy']:.3f} -> {after['verifier_accuracy']:.3f} (sampled at the training "
           f"temperature {before['sampled_verifier_accuracy']:.3f} -> {after['sampled_verifier_accuracy']:.3f}), max KL "
           f"{max(r['kl'] for r in logs):.3f} (limit {limit})")
-    assert before["prompts"] == after["prompts"] == 200
-    assert after["reward_mean"] > before["reward_mean"] + 0.1
-    # 10+ more of 200 right: more than the ptx term alone gives (0.905 -> 0.93 with the reward switched off)
-    assert after["verifier_accuracy"] >= before["verifier_accuracy"] + 0.05
-    assert after["sampled_verifier_accuracy"] > before["sampled_verifier_accuracy"]
+    assert before["prompts"] == after["prompts"] == 240
+    assert after["reward_mean"] >= before["reward_mean"] + 0.2  # gain: seeds [+0.43, +1.47]
+    assert after["verifier_accuracy"] >= before["verifier_accuracy"] + 0.08  # gain: seeds [+0.166, +0.242]
+    assert after["sampled_verifier_accuracy"] >= before["sampled_verifier_accuracy"] + 0.05  # [+0.108, +0.175]
+    assert kinds["ppo"]["length, slipped"] >= kinds["sft"]["length, slipped"] + 0.3  # gain: [+0.60, +1.00]
+    assert kinds["ppo"]["contains"] >= 0.95  # seeds [1.000, 1.000]
+    assert kinds["ppo"]["length"] >= kinds["sft"]["length"] - 0.05  # nothing else lost: equal on every seed
     assert max(r["kl"] for r in logs) < limit
-    assert all(r["ptx_loss"] < 1.0 for r in logs)  # the demonstrations stay well fitted
-
-
-def test_dpo_and_ppo_fix_what_the_demonstrations_teach_wrong(quickstart):
-    """On the held-out six-letter 'Length' prompts the SFT model gives the demonstrator's slip (5). DPO (from the
-    verifier-ranked pairs) and PPO-ptx (from the reward model, although its ptx term trains on those slipped
-    demonstrations) give 6."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from align_kit.generation import generate
-    from align_kit.quickstart import tasks
-
-    rows = [json.loads(line) for line in (tasks.HERE / "prompts_test.jsonl").read_text().splitlines()]
-    prompts = [r["prompt"] for r in rows if r["prompt"][-1]["content"].startswith("Length: ")
-               and tasks.answer(r["prompt"][-1]["content"]) == str(tasks.SLIP_MIN_LETTERS)]
-    right = {}
-    for stage in ("sft", "dpo", "ppo"):
-        model = AutoModelForCausalLM.from_pretrained(quickstart / stage / "model")
-        tok = AutoTokenizer.from_pretrained(quickstart / stage / "model")
-        answers = generate(model, tok, prompts, max_new_tokens=4)
-        right[stage] = sum(a.strip() == str(tasks.SLIP_MIN_LETTERS) for a in answers)
-    print("six-letter Length prompts answered right:", {stage: f"{n}/{len(prompts)}" for stage, n in right.items()})
-    assert len(prompts) >= 10
-    assert right["sft"] <= len(prompts) // 4
-    assert right["dpo"] >= len(prompts) * 3 // 4 and right["ppo"] >= len(prompts) * 3 // 4
