@@ -71,3 +71,66 @@ def shard_blocks(path: Path, tokens: int, block_size: int) -> np.ndarray:
     if n == 0:
         return np.zeros((0, block_size), dtype=DTYPE)
     return np.memmap(path, dtype=DTYPE, mode="r", shape=(n, block_size))
+
+
+class ShardBlocks:
+    """Training blocks streamed from token shards: a map-style dataset over memory-mapped files, so a
+    process reads only the blocks its sampler hands it (two processes under accelerate each read their own
+    batches) and a resumed run skips to its position without reading the blocks before it.
+
+    Order: the shards in a seeded order, one after another, and within every window of ``shuffle_buffer``
+    consecutive blocks a seeded permutation: a shuffle whose memory and read span are bounded by the window
+    (reads stay inside ``shuffle_buffer`` consecutive blocks), the same at every run with the same seed, so
+    the Trainer's sequential sampler (``train_sampling_strategy="sequential"``) resumes mid-shard exactly.
+
+    >>> import tempfile; d = tempfile.mkdtemp()
+    >>> write_shard(d, "00000", np.arange(12), {"documents": 1}); write_shard(d, "00001", np.arange(100, 108), {})
+    >>> ds = ShardBlocks(d, block_size=4, shuffle_buffer=0, seed=0)
+    >>> len(ds), [ds[i]["input_ids"][0] for i in range(len(ds))]
+    (5, [0, 4, 8, 100, 104])
+    >>> sorted(ShardBlocks(d, 4, shuffle_buffer=3, seed=1)[i]["input_ids"][0] for i in range(5))
+    [0, 4, 8, 100, 104]
+    """
+
+    def __init__(self, folder: str | Path, block_size: int, shuffle_buffer: int = 1024, seed: int = 0):
+        import random
+
+        found = list_shards(folder)
+        self.metas = [m for _, m in found]
+        self.shards = [(path, m["tokens"] // block_size) for path, m in found]
+        self.order = list(range(len(self.shards)))
+        random.Random(seed).shuffle(self.order)
+        self.offsets, total = [], 0
+        for s in self.order:
+            self.offsets.append(total)
+            total += self.shards[s][1]
+        self.total, self.block_size, self.window, self.seed = total, block_size, shuffle_buffer, seed
+        self._maps: dict = {}
+        self._perm: tuple[int, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return self.total
+
+    def __getstate__(self):
+        return {**self.__dict__, "_maps": {}, "_perm": None}  # memory maps are reopened in each process
+
+    def _position(self, i: int) -> int:
+        if self.window <= 1:
+            return i
+        w, k = divmod(i, self.window)
+        if self._perm is None or self._perm[0] != w:
+            size = min(self.window, self.total - w * self.window)
+            self._perm = (w, np.random.default_rng([self.seed, w]).permutation(size))
+        return w * self.window + int(self._perm[1][k])
+
+    def __getitem__(self, i: int) -> dict:
+        if not 0 <= i < self.total:
+            raise IndexError(i)
+        import bisect
+
+        j = self._position(i)
+        s = bisect.bisect_right(self.offsets, j) - 1
+        path, _ = self.shards[self.order[s]]
+        if path not in self._maps:
+            self._maps[path] = shard_blocks(path, self.metas[self.order[s]]["tokens"], self.block_size)
+        return {"input_ids": self._maps[path][j - self.offsets[s]].astype(np.int64).tolist()}
