@@ -179,3 +179,21 @@ def test_shared_corpora_agree_with_the_in_memory_path(shared, tmp_path):
         tuple(d.get(k) for k in fields) for d in mem.dropped)
     assert report["counts"] == dict(mem.counts)
     assert (report["counts"]["exact_duplicate"], report["counts"]["near_duplicate"]) == (16, 5)
+
+
+def test_first_copy_is_the_first_in_input_order_whatever_task_reads_it(tmp_path):
+    """Task 0 reads files 0 and 2, task 1 file 1: the originals in file 1 are still the ones kept."""
+    base = [PROSE + " ".join(f"term{i}y{j}" for j in range(40)) for i in range(6)]
+    parts = [[base[0], base[1]], [base[2], base[3]], [base[2].upper(), base[3].replace("term3y20", "other", 1),
+                                                      base[4], base[5]]]
+    files = [str(_jsonl(tmp_path / f"p{k}.jsonl", [{"id": f"p{k}_{i}", "text": t} for i, t in enumerate(rows)]))
+             for k, rows in enumerate(parts)]
+    mem = run_pipeline(read_documents(files), [ExactDedup(), MinHashDedup()])
+    run_spec(_spec(tmp_path, files, steps=["exact_dedup", "minhash_dedup"], tasks=2))
+    dropped = sorted((d["id"], d["reason"], d["duplicate_of"]) for d in _rows(tmp_path / "out" / "dropped"))
+    assert dropped == sorted((d["id"], d["reason"], d["duplicate_of"]) for d in mem.dropped) == [
+        ("p2_0", "exact_duplicate", "p1_0"), ("p2_1", "near_duplicate", "p1_1")]
+    # verify: minhash (the stored signatures' estimate instead of re-read texts) finds the same pairs here
+    run_spec(_spec(tmp_path, files, out="est", steps=["exact_dedup", {"minhash_dedup": {"verify": "minhash"}}],
+                   tasks=2))
+    assert sorted((d["id"], d["reason"], d["duplicate_of"]) for d in _rows(tmp_path / "est" / "dropped")) == dropped

@@ -9,8 +9,8 @@ Stages (each a datatrove pipeline; the file layout under ``work`` is what they e
 2. datatrove's :class:`MinhashDedupBuckets` (one task per band): candidate pairs sharing a band.
 3. :class:`DedupCluster` (one task): exact-duplicate pairs from a merge of the sorted keys; candidate pairs
    verified against the Jaccard threshold (``verify="exact"``: the shingle sets of the two texts, read back;
-   ``"minhash"``: the signatures' estimate), then union-find where the first document (lowest task, then
-   position) of a cluster is kept. Unlike datatrove's own stage 3, which keeps a cluster's largest-set root
+   ``"minhash"``: the signatures' estimate), then union-find where the first document of a cluster (in
+   input order: file, then position) is kept. Unlike datatrove's own stage 3, which keeps a cluster's root
    and does not verify, this is what ``align-kit data dedup`` does, so the two paths agree.
 4. :class:`DedupFilter` (every task): drops what stage 3 listed, with ``reason``, ``detail`` and
    ``duplicate_of`` (the kept document's id), through an exclusion writer.
@@ -37,7 +37,8 @@ from datatrove.utils.hashing import create_hash_func
 
 from align_kit.data.dedup import MinHashConfig, cluster_duplicates, exact_key, jaccard, shingles
 
-_KEY = struct.Struct("<16sI")  # blake2b-128 of the normalised text, document index
+_KEY = struct.Struct("<16sII")  # blake2b-128 of the normalised text, input file index, document index
+_FILE = struct.Struct("<I")
 
 
 def datatrove_config(cfg: MinHashConfig) -> MinhashConfig:
@@ -83,10 +84,14 @@ class DedupSignature(MinhashDedupSignature):
         hashed = hashed.reshape((-1, 1))
         return hashed, (MinhashDedupSignature.get_signature(self, hashed) if hashed.size else [])
 
-    def _tap(self, data: DocumentsPipeline, rank: int, keys: list, ids, sigs) -> Iterator[Document]:
+    def _tap(self, data: DocumentsPipeline, rank: int, keys: list, ids, sigs, files) -> Iterator[Document]:
         width = self.config.num_buckets * self.config.hashes_per_bucket
         for idx, doc in enumerate(data):
-            keys.append((bytes.fromhex(exact_key(doc.text)), idx))
+            # the input file's index in the whole input list orders documents across tasks as the
+            # in-memory path reads them, so "first copy" means the same document in both
+            file_index = doc.metadata.get("file_index", rank)
+            keys.append((bytes.fromhex(exact_key(doc.text)), file_index, idx))
+            files.write(_FILE.pack(file_index))
             ids.write(json.dumps(doc.id, ensure_ascii=False) + "\n")
             if self.near:
                 self._pending = self._sign(doc.text)
@@ -96,12 +101,13 @@ class DedupSignature(MinhashDedupSignature):
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1):
         fs, root = _fs(self.work)
-        keys: list[tuple[bytes, int]] = []
-        for sub in ("exact", "ids", "fullsig"):
+        keys: list[tuple[bytes, int, int]] = []
+        for sub in ("exact", "ids", "fullsig", "fileidx"):
             fs.makedirs(posixpath.join(root, sub), exist_ok=True)
         with fs.open(posixpath.join(root, "ids", f"{rank:05d}.jsonl"), "w") as ids, \
-                fs.open(posixpath.join(root, "fullsig", f"{rank:05d}.bin"), "wb") as sigs:
-            tapped = self._tap(data, rank, keys, ids, sigs)
+                fs.open(posixpath.join(root, "fullsig", f"{rank:05d}.bin"), "wb") as sigs, \
+                fs.open(posixpath.join(root, "fileidx", f"{rank:05d}.bin"), "wb") as files:
+            tapped = self._tap(data, rank, keys, ids, sigs, files)
             if self.near:
                 super().run(tapped, rank, world_size)
             else:
@@ -109,14 +115,14 @@ class DedupSignature(MinhashDedupSignature):
                     pass
         keys.sort()
         with fs.open(posixpath.join(root, "exact", f"{rank:05d}.keys"), "wb") as f:
-            for key, idx in keys:
-                f.write(_KEY.pack(key, idx))
+            for key, file_index, idx in keys:
+                f.write(_KEY.pack(key, file_index, idx))
 
 
-def _read_keys(fs, path: str, rank: int) -> Iterator[tuple[bytes, int, int]]:
+def _read_keys(fs, path: str, rank: int) -> Iterator[tuple[bytes, tuple[int, int, int]]]:
     with fs.open(path, "rb") as f:
-        for key, idx in read_tuples_from_file(f, "16sI", lines_to_buffer=1024):
-            yield key, rank, idx
+        for key, file_index, idx in read_tuples_from_file(f, "16sII", lines_to_buffer=1024):
+            yield key, (file_index, rank, idx)
 
 
 class DedupCluster(PipelineStep):
@@ -129,15 +135,16 @@ class DedupCluster(PipelineStep):
         super().__init__()
         self.work, self.stage_input, self.tasks, self.cfg, self.exact = work, stage_input, tasks, cfg, exact
 
-    def _exact(self, fs, root) -> dict[tuple[int, int], tuple[int, int]]:
+    # A document is a node (input file index, task, position): tuples order like the in-memory path's list.
+    def _exact(self, fs, root) -> dict[tuple[int, int, int], tuple[int, int, int]]:
         readers = [_read_keys(fs, posixpath.join(root, "exact", f"{r:05d}.keys"), r) for r in range(self.tasks)
                    if fs.exists(posixpath.join(root, "exact", f"{r:05d}.keys"))]
         dupes, last_key, first = {}, None, None
-        for key, rank, idx in heapq.merge(*readers):  # sorted by key, then (task, index): first copy first
+        for key, node in heapq.merge(*readers):  # sorted by key, then node: first copy first
             if key == last_key:
-                dupes[(rank, idx)] = first
+                dupes[node] = first
             else:
-                last_key, first = key, (rank, idx)
+                last_key, first = key, node
         return dupes
 
     def _candidates(self, fs, root) -> set[tuple[tuple[int, int], tuple[int, int]]]:
@@ -151,6 +158,14 @@ class DedupCluster(PipelineStep):
                     a, b = sorted([(f1, d1), (f2, d2)])
                     pairs.add((a, b))
         return pairs
+
+    def _file_indices(self, fs, root, positions: set[tuple[int, int]]) -> dict[tuple[int, int], tuple]:
+        nodes = {}
+        for rank, idx in positions:
+            with fs.open(posixpath.join(root, "fileidx", f"{rank:05d}.bin"), "rb") as f:
+                f.seek(idx * _FILE.size)
+                nodes[(rank, idx)] = (_FILE.unpack(f.read(_FILE.size))[0], rank, idx)
+        return nodes
 
     def _texts(self, fs, wanted: set[tuple[int, int]]) -> dict[tuple[int, int], str]:
         """Texts of the candidate documents only, one pass over each task's stage-1 output."""
@@ -174,11 +189,11 @@ class DedupCluster(PipelineStep):
     def _verified(self, fs, root, pairs) -> list[tuple[tuple[int, int], tuple[int, int], float]]:
         nodes = {n for pair in pairs for n in pair}
         if self.cfg.verify == "exact":
-            texts = self._texts(fs, nodes)
-            sets = {n: shingles(texts[n], self.cfg) for n in nodes}
+            texts = self._texts(fs, {n[1:] for n in nodes})
+            sets = {n: shingles(texts[n[1:]], self.cfg) for n in nodes}
             sims = {(a, b): jaccard(sets[a], sets[b]) for a, b in pairs}
         else:
-            sigs = {n: self._signature(fs, root, n) for n in nodes}
+            sigs = {n: self._signature(fs, root, n[1:]) for n in nodes}
             sims = {(a, b): float(np.mean(sigs[a] == sigs[b])) for a, b in pairs}
         self.stat_update("candidate_pairs", value=len(pairs))
         return sorted((a, b, s) for (a, b), s in sims.items() if s >= self.cfg.threshold)
@@ -201,18 +216,21 @@ class DedupCluster(PipelineStep):
         best: dict = {}
         if self.cfg is not None:
             # an exact copy left before near-dedup in the in-memory path; its shingles are its original's
-            candidates = {(a, b) for a, b in self._candidates(fs, root) if a not in exact and b not in exact}
+            copies = {n[1:] for n in exact}
+            candidates = {(a, b) for a, b in self._candidates(fs, root) if a not in copies and b not in copies}
+            node = self._file_indices(fs, root, {n for pair in candidates for n in pair})
+            candidates = {tuple(sorted((node[a], node[b]))) for a, b in candidates}
             verified = self._verified(fs, root, candidates)
             for _, b, sim in verified:
                 best[b] = max(best.get(b, 0.0), sim)
             near = cluster_duplicates(verified)
-        ids = self._ids(fs, root, set(exact.values()) | set(near.values()))
+        ids = self._ids(fs, root, {n[1:] for n in (*exact.values(), *near.values())})
         rows: dict[int, list] = {}
-        for node, first in exact.items():
-            rows.setdefault(node[0], []).append((node[1], "exact_duplicate", "", ids[first]))
-        for node, first in near.items():
-            detail = f"jaccard {best.get(node, 0.0):.3f}"
-            rows.setdefault(node[0], []).append((node[1], "near_duplicate", detail, ids[first]))
+        for (_, rank, idx), first in exact.items():
+            rows.setdefault(rank, []).append((idx, "exact_duplicate", "", ids[first[1:]]))
+        for (f, rank, idx), first in near.items():
+            detail = f"jaccard {best.get((f, rank, idx), 0.0):.3f}"
+            rows.setdefault(rank, []).append((idx, "near_duplicate", detail, ids[first[1:]]))
         fs.makedirs(posixpath.join(root, "remove"), exist_ok=True)
         for r in range(self.tasks):
             with fs.open(posixpath.join(root, "remove", f"{r:05d}.jsonl"), "w") as f:

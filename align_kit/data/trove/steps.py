@@ -155,12 +155,14 @@ class DocumentReader(PipelineStep):
         readers = {"jsonl": self._jsonl, "parquet": self._parquet, "text": self._text}
         writer = self.rejected
         with writer if writer is not None else _Null() as w:
-            for path, kind in self.files[rank::world_size]:
+            for index in range(rank, len(self.files), world_size):
+                path, kind = self.files[index]
                 self.stat_update("input_files")
                 try:
                     docs = readers[kind](path, w, rank)
                     for doc in docs:
                         self.stat_update("documents")
+                        doc.metadata["file_index"] = index  # input order, for dedup's "first copy"
                         yield doc
                 except FileNotFoundError:
                     raise TaskDataError(path, None, None, "no such file", "an existing data file") from None
