@@ -128,24 +128,31 @@ def _run(args, steps: list) -> int:
 
 
 def _run_yaml(args) -> int:
-    from align_kit.data.trove.spec import load_spec
+    import yaml
 
-    spec = load_spec(args.pipeline)  # validated before anything runs
-    for kv in args.set:
+    from align_kit.data.trove.spec import parse_spec, read_yaml
+
+    raw = read_yaml(args.pipeline)
+    if not isinstance(raw, dict) or not isinstance(raw.get("output"), dict):
+        parse_spec(raw, args.pipeline)  # a malformed file: raises its validation error
+    for kv in args.set:  # overrides go into the YAML's mapping, so they are validated like it
         key, sep, value = kv.partition("=")
         if key not in ("executor", "tasks", "workers", "output.folder") or not sep:
             raise ConfigError(f"--set {kv!r}: expected executor=, tasks=, workers= or output.folder=VALUE")
         if key == "output.folder":
-            spec.output.folder = value
+            raw["output"]["folder"] = value
         else:
-            setattr(spec, key, value if key == "executor" else int(value))
+            raw[key] = yaml.safe_load(value)
+    spec = parse_spec(raw, args.pipeline)  # validated before anything runs
     if args.check:
         print(f"{args.pipeline}: valid ({len(spec.steps)} steps, executor {spec.executor}, tasks {spec.tasks})")
         return 0
     try:
-        from align_kit.data.trove.run import run_spec
-    except ModuleNotFoundError as exc:
-        raise ConfigError(f"data run needs datatrove ({exc.name} is missing): pip install \"align_kit[cluster]\"") from None
+        import datatrove  # noqa: F401
+    except ModuleNotFoundError:
+        raise ConfigError("data run needs datatrove: pip install \"align_kit[cluster]\"") from None
+    from align_kit.data.trove.run import run_spec
+
     report = run_spec(spec)
     if report is None:
         print(f"submitted to {spec.executor}; run the same command again once the jobs finish to collect the "

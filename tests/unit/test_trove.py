@@ -97,6 +97,10 @@ def test_cli_runs_the_yaml_and_refuses_a_folder_from_another_pipeline(tmp_path, 
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(raw))
     assert main(["data", "run", str(tmp_path / "p.yaml")]) == 2
     assert "holds the output of a different pipeline (differs in: steps)" in capsys.readouterr().err
+    assert main(["data", "run", str(tmp_path / "p.yaml"), "--check", "--set", "executor=ray"]) == 0
+    assert "valid (1 steps, executor ray, tasks 2)" in capsys.readouterr().out
+    assert main(["data", "run", str(tmp_path / "p.yaml"), "--set", "tasks=0"]) == 2
+    assert "tasks: expected an integer >= 1, found 0" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("raw, message", [

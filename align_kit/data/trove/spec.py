@@ -225,17 +225,21 @@ def parse_spec(raw, source: str = "pipeline") -> PipelineSpec:
     return spec
 
 
-def load_spec(path: str | Path) -> PipelineSpec:
+def read_yaml(path: str | Path):
+    """The pipeline file's YAML (recipe scalars: ``no`` stays a string), unvalidated."""
     import yaml
 
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such pipeline file")
     try:
-        raw = parse_yaml(path.read_text(encoding="utf-8"))
+        return parse_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML ({exc})") from None
-    return parse_spec(raw, str(path))
+
+
+def load_spec(path: str | Path) -> PipelineSpec:
+    return parse_spec(read_yaml(path), str(path))
 
 
 def fingerprint(spec: PipelineSpec) -> dict:
