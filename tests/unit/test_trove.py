@@ -201,3 +201,22 @@ def test_first_copy_is_the_first_in_input_order_whatever_task_reads_it(tmp_path)
     run_spec(_spec(tmp_path, files, out="est", steps=["exact_dedup", {"minhash_dedup": {"verify": "minhash"}}],
                    tasks=2))
     assert sorted((d["id"], d["reason"], d["duplicate_of"]) for d in _rows(tmp_path / "est" / "dropped")) == dropped
+
+
+def test_parquet_text_and_fsspec_url_inputs(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({"content": [PROSE, "short"], "uid": ["u1", "u2"]}), tmp_path / "in" / "a.parquet")
+    (tmp_path / "in" / "b.txt").write_text(f"{PROSE}\nline two\n\n{PROSE}\n")
+    spec = parse_spec({"input": {"paths": [f"file://{tmp_path / 'in'}"], "text_field": "content", "id_field": "uid",
+                                 "split": "blank"}, "output": {"folder": str(tmp_path / "o")}, "steps": ["quality"],
+                       "tasks": 2})
+    report = run_spec(spec)
+    kept = {d["id"]: d["text"] for d in read_kept(tmp_path / "o")}
+    assert kept == {"u1": PROSE, "b.txt:1": PROSE + "\nline two", "b.txt:4": PROSE}  # blank-separated documents
+    assert report["counts"] == {"too_short": 1, "kept": 3}
+    mem = run_pipeline(read_documents([str(tmp_path / "in" / "a.parquet")], text_field="content", id_field="uid"),
+                       [QualityFilter()])
+    assert [d["id"] for d in mem.kept] == ["u1"]
