@@ -4,7 +4,12 @@ processes under accelerate, and a run resumed mid-shard from a checkpoint reachi
 from __future__ import annotations
 
 import json
-import shutil
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -19,6 +24,8 @@ from align_kit.data.shards import ShardBlocks, list_shards  # noqa: E402
 from align_kit.data.trove.run import run_spec  # noqa: E402
 from align_kit.data.trove.spec import parse_spec  # noqa: E402
 from align_kit.errors import ConfigError  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -52,35 +59,48 @@ def test_shards_hold_the_pretrain_stages_token_stream(shards, shared):
     assert [blocks[i]["input_ids"] for i in range(16)] != [plain[i]["input_ids"] for i in range(16)]
 
 
-def _recipe(shared, shards, out, tmp_path):
+def _recipe(shared, shards, out, tmp_path, steps=8):
     raw = {"stage": "pretrain", "output_dir": str(out), "seed": 0,
            "model": {"name_or_path": str(shared / "models" / "stories260K"), "family": "llama"},
            "pretrain": {"block_size": 64, "shards": str(shards), "shuffle_buffer": 32},
-           "trainer": {"max_steps": 4, "per_device_train_batch_size": 4, "learning_rate": 3e-3, "logging_steps": 1,
-                       "save_steps": 2, "report_to": "none", "dataloader_num_workers": 0}}
+           "trainer": {"max_steps": steps, "per_device_train_batch_size": 4, "learning_rate": 3e-3,
+                       "logging_steps": 1, "save_steps": 2, "report_to": "none", "dataloader_num_workers": 0}}
     path = tmp_path / f"{out.name}.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
 
 
-def test_two_processes_stream_and_resume_mid_shard_to_the_same_weights(shared, shards, tmp_path):
+def _start_two_processes(recipe, log):
+    """``launch_two_processes`` without waiting, in its own process group so a SIGKILL reaches every rank."""
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+           "-m", "align_kit", "train", str(recipe)]
+    return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def test_two_processes_sigkilled_mid_shard_resume_to_the_same_weights(shared, shards, tmp_path):
     full = tmp_path / "full"
     launch_two_processes("-m", "align_kit", "train", str(_recipe(shared, shards, full, tmp_path)), timeout=300)
-    state = json.loads((full / "checkpoint-4" / "trainer_state.json").read_text())
+    state = json.loads((full / "checkpoint-8" / "trainer_state.json").read_text())
     blocks = ShardBlocks(shards, 64, 32, 0)
-    first_shard = blocks.shards[blocks.order[0]][1]
-    # 2 steps x 2 processes x 4 blocks = 16 blocks at the checkpoint: inside the first shard
-    assert state["global_step"] == 4 and 16 < first_shard
-    assert state["epoch"] == pytest.approx(32 / len(blocks), rel=0.02)
+    # 8 steps x 2 processes x 4 blocks = 64 blocks: the whole run stays inside the first shard
+    assert state["global_step"] == 8 and 64 < blocks.shards[blocks.order[0]][1]
+    assert state["epoch"] == pytest.approx(64 / len(blocks), rel=0.02)
     cut = tmp_path / "cut"
-    shutil.copytree(full / "checkpoint-2", cut / "checkpoint-2")  # what a run killed after step 2 leaves
-    marker = cut / "checkpoint-2" / "trainer_state.json"
-    saved = json.loads(marker.read_text())
-    saved["log_history"][0]["loss"] = 123.0  # only a run that resumed from this checkpoint logs it
-    marker.write_text(json.dumps(saved))
-    launch_two_processes("-m", "align_kit", "train", str(_recipe(shared, shards, cut, tmp_path)), timeout=300)
-    history = [json.loads(line) for line in (cut / "log_history.jsonl").read_text().splitlines()]
-    assert [r["loss"] for r in history if "loss" in r][0] == 123.0
+    recipe = _recipe(shared, shards, cut, tmp_path)
+    with (tmp_path / "killed.log").open("w") as log:
+        proc = _start_two_processes(recipe, log)
+        while proc.poll() is None and not (cut / "checkpoint-2" / "align_kit_complete").exists():
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (cut / "model").exists(), "the kill should land before the run ends"
+    saved = {p.parent.name: p.stat().st_mtime_ns for p in cut.glob("checkpoint-*/align_kit_complete")}
+    assert "checkpoint-2" in saved and "checkpoint-8" not in saved
+    launch_two_processes("-m", "align_kit", "train", str(recipe), timeout=300)
+    # the re-run resumed: no complete checkpoint of the killed run was trained and saved again
+    assert all((cut / name / "align_kit_complete").stat().st_mtime_ns == t for name, t in saved.items())
     a, b = load_file(full / "model" / "model.safetensors"), load_file(cut / "model" / "model.safetensors")
     base = load_file(shared / "models" / "stories260K" / "model.safetensors")
     assert all(a[k].equal(b[k]) for k in a)
