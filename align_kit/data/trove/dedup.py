@@ -15,8 +15,9 @@ Stages (each a datatrove pipeline; the file layout under ``work`` is what they e
 4. :class:`DedupFilter` (every task): drops what stage 3 listed, with ``reason``, ``detail`` and
    ``duplicate_of`` (the kept document's id), through an exclusion writer.
 
-Memory: stage 1 holds one task's exact keys (20 bytes per document, as datatrove's exact dedup does);
-stage 3 holds the duplicate pairs and the candidates' texts, never the corpus.
+Memory: stage 1 holds one task's exact keys (24 bytes per document on disk, about 100 as Python tuples;
+datatrove's exact dedup also holds a task's keys); stage 3 holds the duplicate pairs and the candidates'
+texts, never the corpus.
 """
 
 from __future__ import annotations
@@ -159,13 +160,24 @@ class DedupCluster(PipelineStep):
                     pairs.add((a, b))
         return pairs
 
-    def _file_indices(self, fs, root, positions: set[tuple[int, int]]) -> dict[tuple[int, int], tuple]:
-        nodes = {}
+    @staticmethod
+    def _records(fs, root, sub: str, positions, size: int) -> dict[tuple[int, int], bytes]:
+        """Fixed-size records at ``positions`` (task, index) of ``{sub}/{task}.bin``: one open per task file,
+        reads in file order."""
+        by_rank: dict[int, list[int]] = {}
         for rank, idx in positions:
-            with fs.open(posixpath.join(root, "fileidx", f"{rank:05d}.bin"), "rb") as f:
-                f.seek(idx * _FILE.size)
-                nodes[(rank, idx)] = (_FILE.unpack(f.read(_FILE.size))[0], rank, idx)
-        return nodes
+            by_rank.setdefault(rank, []).append(idx)
+        out = {}
+        for rank, idxs in by_rank.items():
+            with fs.open(posixpath.join(root, sub, f"{rank:05d}.bin"), "rb") as f:
+                for idx in sorted(idxs):
+                    f.seek(idx * size)
+                    out[(rank, idx)] = f.read(size)
+        return out
+
+    def _file_indices(self, fs, root, positions: set[tuple[int, int]]) -> dict[tuple[int, int], tuple]:
+        raw = self._records(fs, root, "fileidx", positions, _FILE.size)
+        return {(rank, idx): (_FILE.unpack(b)[0], rank, idx) for (rank, idx), b in raw.items()}
 
     def _texts(self, fs, wanted: set[tuple[int, int]]) -> dict[tuple[int, int], str]:
         """Texts of the candidate documents only, one pass over each task's stage-1 output."""
@@ -180,12 +192,6 @@ class DedupCluster(PipelineStep):
                         texts[(rank, idx)] = json.loads(line)["text"]
         return texts
 
-    def _signature(self, fs, root, node: tuple[int, int]) -> np.ndarray:
-        width = self.cfg.bands * self.cfg.rows
-        with fs.open(posixpath.join(root, "fullsig", f"{node[0]:05d}.bin"), "rb") as f:
-            f.seek(node[1] * width * 8)
-            return np.frombuffer(f.read(width * 8), dtype="<u8")
-
     def _verified(self, fs, root, pairs) -> list[tuple[tuple[int, int], tuple[int, int], float]]:
         nodes = {n for pair in pairs for n in pair}
         if self.cfg.verify == "exact":
@@ -193,7 +199,8 @@ class DedupCluster(PipelineStep):
             sets = {n: shingles(texts[n[1:]], self.cfg) for n in nodes}
             sims = {(a, b): jaccard(sets[a], sets[b]) for a, b in pairs}
         else:
-            sigs = {n: self._signature(fs, root, n[1:]) for n in nodes}
+            raw = self._records(fs, root, "fullsig", {n[1:] for n in nodes}, self.cfg.bands * self.cfg.rows * 8)
+            sigs = {n: np.frombuffer(raw[n[1:]], dtype="<u8") for n in nodes}
             sims = {(a, b): float(np.mean(sigs[a] == sigs[b])) for a, b in pairs}
         self.stat_update("candidate_pairs", value=len(pairs))
         return sorted((a, b, s) for (a, b), s in sims.items() if s >= self.cfg.threshold)
