@@ -220,3 +220,15 @@ def test_parquet_text_and_fsspec_url_inputs(tmp_path):
     mem = run_pipeline(read_documents([str(tmp_path / "in" / "a.parquet")], text_field="content", id_field="uid"),
                        [QualityFilter()])
     assert [d["id"] for d in mem.kept] == ["u1"]
+
+
+def test_decontamination_report_only_keeps_documents_and_lists_every_hit(tmp_path):
+    files = _corpus(tmp_path)
+    step = Decontaminate({"eval.txt": [QUESTION]}, drop=False)
+    assert run_pipeline(read_documents(files), [step]).counts == {"kept": 34}
+    report = run_spec(_spec(tmp_path, files, tasks=2, steps=[
+        {"decontaminate": {"eval": [{"path": str(tmp_path / "eval.txt")}], "drop": False}}]))
+    assert report["counts"] == {"kept": 34} and report["steps"]["decontaminate"] == {"hits": 1, "drop": False}
+    assert [(h["doc_id"], h["eval_set"], h["eval_index"], h["ngram"]) for h in report["contamination_hits"]] == [
+        (h["doc_id"], h["eval_set"], h["eval_index"], h["ngram"]) for h in step.hits] == [
+        ("b_leak", "eval.txt", 0, " ".join(QUESTION.lower().split()[:13]))]  # the first shared 13-gram

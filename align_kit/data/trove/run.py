@@ -4,6 +4,7 @@ Layout of ``output.folder``::
 
     kept/{rank:05d}.jsonl|.parquet      surviving documents {"id", "text"}
     dropped/{step}_{rank:05d}.jsonl     dropped documents with step, reason, detail (duplicate_of)
+    hits/{rank:05d}.jsonl               every contamination hit (document id, evaluation set and item, n-gram)
     tokens/{rank:05d}.bin|.json         token shards (with a tokenize step)
     work/                               what dedup stages exchange; per-task reports
     logs/{stage}/completions/           datatrove's completion markers: a re-run skips finished tasks
@@ -82,7 +83,8 @@ def _doc_steps(steps: list, out: str, pii_box: list) -> list:
             pii_box.append(built[-1])
         elif kind == "decontaminate":
             dcfg = DecontamConfig(n=cfg.n, zh_n=cfg.zh_n, min_units=cfg.min_units, zh_min_units=cfg.zh_min_units)
-            built.append(DecontamStep(_eval_sets(cfg), dcfg, dropped_writer(f"{out}/dropped", "decontaminate")))
+            built.append(DecontamStep(_eval_sets(cfg), dcfg, dropped_writer(f"{out}/dropped", "decontaminate"),
+                                      hits_folder=f"{out}/hits", drop=cfg.drop))
     return built
 
 
@@ -262,12 +264,14 @@ def write_report(spec: PipelineSpec, sources: list[str]) -> dict:
     rejected = sum(v for k, v in counts.items() if k in ("invalid_json", "not_an_object", "missing_text",
                                                         "not_utf8"))
     inp["documents"] += rejected  # rejected rows never became documents; the card counts them as input
+    hits = list(_jsonl_rows(fs, posixpath.join(root, "hits")))
     steps = {k: ({"replacements": pii["replacements"], "documents_changed": pii["documents_changed"]}
-                 if k == "pii" else {}) for k, _ in spec.steps}
+                 if k == "pii" else {"hits": len(hits), "drop": c.drop} if k == "decontaminate" else {})
+             for k, c in spec.steps}
     strip = {k: v for k, v in inp.items() if k != "pii"}, {k: v for k, v in outp.items() if k != "pii"}
     result = PipelineResult([], [], counts, {"input": strip[0], "output": strip[1]}, steps)
-    report = {"counts": dict(counts), "stats": result.stats, "steps": steps, "executor": spec.executor,
-              "tasks": spec.tasks, "fingerprint": fingerprint(spec)["fingerprint"]}
+    report = {"counts": dict(counts), "stats": result.stats, "steps": steps, "contamination_hits": hits,
+              "executor": spec.executor, "tasks": spec.tasks, "fingerprint": fingerprint(spec)["fingerprint"]}
     with fs.open(posixpath.join(root, "report.json"), "w") as f:
         json.dump(report, f, ensure_ascii=False, indent=1)
     with fs.open(posixpath.join(root, "README.md"), "w") as f:

@@ -58,6 +58,8 @@ class DecontamSpec:
     zh_n: int = 25
     min_units: int = 8
     zh_min_units: int = 15
+    drop: bool = True
+    """false: report every hit (``hits/``, ``report.json``) and keep the documents."""
 
 
 @dataclass

@@ -249,16 +249,28 @@ class QualityStep(BaseFilter):
 
 
 class DecontamStep(BaseFilter):
-    """Drops documents sharing an n-gram with an evaluation item; the detail names the set, item and n-gram.
-    The index (a dict of evaluation n-grams) is built once per task, on its first document."""
+    """Records every evaluation item a document shares an n-gram with in ``{hits_folder}/{rank:05d}.jsonl``
+    and, when ``drop``, drops the document with the first hit as detail (set, item, n-gram). The index (a
+    dict of evaluation n-grams) is built once per task, on its first document."""
 
     name = "align_kit decontaminate"
 
     def __init__(self, eval_sets: dict[str, list[str]], config: DecontamConfig | None = None,
-                 exclusion_writer=None):
+                 exclusion_writer=None, hits_folder: str | None = None, drop: bool = True):
         super().__init__(exclusion_writer)
         self.eval_sets, self.config = eval_sets, config or DecontamConfig()
-        self._index = None
+        self.hits_folder, self.drop = hits_folder, drop
+        self._index, self._hits = None, None
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        if self.hits_folder is None:
+            yield from super().run(data, rank, world_size)
+            return
+        import fsspec
+
+        with fsspec.open(posixpath.join(self.hits_folder, f"{rank:05d}.jsonl"), "w", auto_mkdir=True) as f:
+            self._hits = f
+            yield from super().run(data, rank, world_size)
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
         if self._index is None:
@@ -267,6 +279,11 @@ class DecontamStep(BaseFilter):
         if not hits:
             return True
         self.stat_update("contamination_hits", value=len(hits))
+        for h in hits if self._hits is not None else ():
+            self._hits.write(json.dumps({"doc_id": doc.id, "eval_set": h.eval_set, "eval_index": h.eval_index,
+                                         "ngram": h.ngram}, ensure_ascii=False) + "\n")
+        if not self.drop:
+            return True
         first = hits[0]
         doc.metadata.update(step="decontaminate", detail=f"{first.eval_set}[{first.eval_index}]: {first.ngram}")
         return False, "contaminated"
