@@ -62,19 +62,22 @@ def _outputs(folder: Path):
         (d["id"], d["reason"], d.get("duplicate_of")) for d in dropped)
 
 
-def _cli(args, **kw):
+def _cli(args, log: Path, **kw):
+    """``python -m align_kit ARGS`` in its own process group; output (datatrove logs a lot) goes to ``log``."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), **kw.pop("env", {})}
-    return subprocess.Popen([sys.executable, "-m", "align_kit", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True, **kw)
+    with log.open("a") as f:
+        return subprocess.Popen([sys.executable, "-m", "align_kit", *args], cwd=ROOT, env=env, stdout=f,
+                                stderr=subprocess.STDOUT, start_new_session=True, **kw)
 
 
 def test_sigkill_mid_run_then_rerun_equals_an_uninterrupted_run(tmp_path):
     files = _corpus(tmp_path / "in")
     whole = _yaml(tmp_path, files, "whole", tasks=4, workers=1)
-    assert _cli(["data", "run", str(whole)]).wait(timeout=600) == 0
+    log = tmp_path / "run.log"
+    assert _cli(["data", "run", str(whole)], log).wait(timeout=600) == 0
     killed = _yaml(tmp_path, files, "killed", tasks=4, workers=1)
     marks = tmp_path / "killed" / "logs" / "clean" / "completions"
-    proc = _cli(["data", "run", str(killed)])
+    proc = _cli(["data", "run", str(killed)], log)
     deadline = time.time() + 300
     while not (marks.is_dir() and any(marks.iterdir())) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.01)
@@ -83,7 +86,7 @@ def test_sigkill_mid_run_then_rerun_equals_an_uninterrupted_run(tmp_path):
     done = len(list(marks.iterdir()))
     assert 1 <= done < 4, f"the kill should land inside the clean stage ({done}/4 tasks done)"
     assert not (tmp_path / "killed" / "kept").exists()
-    assert _cli(["data", "run", str(killed)]).wait(timeout=600) == 0
+    assert _cli(["data", "run", str(killed)], log).wait(timeout=600) == 0
     assert _outputs(tmp_path / "killed") == _outputs(tmp_path / "whole")
     kept, dropped = _outputs(tmp_path / "whole")
     assert len(kept) > 1000 and {r for _, r, _ in dropped} >= {"exact_duplicate"}
@@ -112,8 +115,8 @@ def test_slurm_job_scripts_chain_the_stages_and_run_as_slurm_would(tmp_path):
     env = {"PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"}
     pipeline = _yaml(tmp_path, files, "out", executor="slurm", tasks=2, workers=2,
                      slurm={"partition": "cpu", "time": "1:00:00", "cpus_per_task": 2, "env_command": "echo env"})
-    proc = _cli(["data", "run", str(pipeline)], env=env)
-    assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()[-2000:]
+    run_log = tmp_path / "run.log"
+    assert _cli(["data", "run", str(pipeline)], run_log, env=env).wait(timeout=300) == 0, run_log.read_text()[-2000:]
     jobs = {}
     for job in sorted(log.iterdir()):
         script, args = (job / "script").read_text(), (job / "args").read_text()
@@ -136,7 +139,7 @@ def test_slurm_job_scripts_chain_the_stages_and_run_as_slurm_would(tmp_path):
             assert run.returncode == 0, run.stderr[-2000:]
     # the same command again: every task is complete, nothing is submitted, the report is written
     submitted = len(list(log.iterdir()))
-    assert _cli(["data", "run", str(pipeline)], env=env).wait(timeout=300) == 0
+    assert _cli(["data", "run", str(pipeline)], run_log, env=env).wait(timeout=300) == 0
     assert len(list(log.iterdir())) == submitted
     local = _yaml(tmp_path, files, "local", tasks=2)
     run_spec(parse_spec(yaml.safe_load(local.read_text())))
