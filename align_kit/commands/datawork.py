@@ -3,6 +3,9 @@
 Each command reads documents (txt one per line or blank-line separated, jsonl/jsonl.gz/json/csv/parquet with a
 text field), runs its steps, prints counts by reason and writes ``kept.jsonl``, ``dropped.jsonl``,
 ``report.json`` and a data card ``README.md`` into ``--out``.
+
+``align-kit data run PIPELINE.yaml`` runs the same steps on datatrove (local, Slurm or Ray executor), sharded,
+streaming and resumable: see :mod:`align_kit.data.trove`.
 """
 
 from __future__ import annotations
@@ -124,7 +127,52 @@ def _run(args, steps: list) -> int:
     return 0
 
 
+def _run_yaml(args) -> int:
+    import yaml
+
+    from align_kit.data.trove.spec import parse_spec, read_yaml
+
+    raw = read_yaml(args.pipeline)
+    if not isinstance(raw, dict) or not isinstance(raw.get("output"), dict):
+        parse_spec(raw, args.pipeline)  # a malformed file: raises its validation error
+    for kv in args.set:  # overrides go into the YAML's mapping, so they are validated like it
+        key, sep, value = kv.partition("=")
+        if key not in ("executor", "tasks", "workers", "output.folder") or not sep:
+            raise ConfigError(f"--set {kv!r}: expected executor=, tasks=, workers= or output.folder=VALUE")
+        if key == "output.folder":
+            raw["output"]["folder"] = value
+        else:
+            raw[key] = yaml.safe_load(value)
+    spec = parse_spec(raw, args.pipeline)  # validated before anything runs
+    if args.check:
+        print(f"{args.pipeline}: valid ({len(spec.steps)} steps, executor {spec.executor}, tasks {spec.tasks})")
+        return 0
+    try:
+        import datatrove  # noqa: F401
+    except ModuleNotFoundError:
+        raise ConfigError("data run needs datatrove: pip install \"align_kit[cluster]\"") from None
+    from align_kit.data.trove.run import run_spec
+
+    report = run_spec(spec)
+    if report is None:
+        print(f"submitted to {spec.executor}; run the same command again once the jobs finish to collect the "
+              f"counts and the data card (finished tasks are skipped)")
+        return 0
+    print(report["summary"])
+    for reason, count in sorted(report["counts"].items(), key=lambda kv: -kv[1]):
+        print(f"  {reason:<20} {count:>8}")
+    print(f"wrote {spec.output.folder}/kept/, dropped/, report.json, README.md")
+    return 0
+
+
 def register(sub, data_sub) -> None:
+    p = data_sub.add_parser("run", help="a pipeline YAML on datatrove: local, Slurm or Ray; sharded, resumable")
+    p.add_argument("pipeline", metavar="PIPELINE.yaml")
+    p.add_argument("--check", action="store_true", help="validate the YAML and stop")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override executor, tasks, workers or output.folder")
+    p.set_defaults(func=_run_yaml)
+
     p = data_sub.add_parser("clean", help="quality filters (English/Chinese) and PII scrubbing")
     _common(p)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

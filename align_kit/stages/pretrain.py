@@ -69,6 +69,12 @@ class Options:
     """Cap on held-out blocks per source (evaluation runs twice: before and after)."""
     merge_lora: bool = True
     """Also save LoRA-merged weights in model/ (the adapter always goes to adapter/)."""
+    shards: str | None = None
+    """A ``tokens/`` folder written by ``align-kit data run`` with a tokenize step: training blocks are streamed
+    from its memory-mapped shards (never loaded whole) instead of read from ``data``, which is then left out."""
+    shuffle_buffer: int = 1024
+    """Streaming: blocks are shuffled within windows of this many consecutive blocks (seeded); 0 or 1 keeps
+    the shards' order."""
 
 
 OPTIONS = Options
@@ -78,6 +84,16 @@ def check_options(recipe) -> None:
     o = recipe.options
     if o.block_size < 2:
         raise ConfigError(f"pretrain.block_size: expected at least 2, found {o.block_size}")
+    if o.shuffle_buffer < 0:
+        raise ConfigError(f"pretrain.shuffle_buffer: expected an integer >= 0, found {o.shuffle_buffer}")
+    if o.shards is not None and recipe.data is not None:
+        raise ConfigError("pretrain.shards: streams the training blocks, so data must be left out; found a data "
+                          "section (tokenise held-out text with the same pipeline to evaluate it)")
+    if o.shards is None and recipe.data is None:
+        raise ConfigError("pretrain: expected data (training sources) or pretrain.shards, found neither")
+    if o.shards is not None and (o.extend_vocab is not None or recipe.model.new_tokens):
+        raise ConfigError("pretrain.shards: shards are token ids of a fixed tokenizer; vocabulary extension "
+                          "needs the text (use data, or tokenise with the extended tokenizer)")
     ext = o.extend_vocab
     if ext is not None and ext.tokens_file is None and ext.sentencepiece is None:
         raise ConfigError("pretrain.extend_vocab: give tokens_file or sentencepiece (a plain list goes in "
@@ -214,6 +230,28 @@ def build_corpus(options: Options, tokenizer, train_docs, held_out, loaded, seed
     return Corpus(train, evals, stats, loaded)
 
 
+def streamed_corpus(options: Options, tokenizer, seed: int) -> Corpus:
+    """Training blocks streamed from ``options.shards`` (:class:`~align_kit.data.shards.ShardBlocks`); the
+    shards must hold ids of this tokenizer (vocabulary size and EOS id are checked)."""
+    from align_kit.data.shards import ShardBlocks
+    from align_kit.data.sources import Loaded
+
+    blocks = ShardBlocks(options.shards, options.block_size, options.shuffle_buffer, seed)
+    meta = blocks.metas[0]
+    if meta.get("vocab_size", 0) > len(tokenizer) or (meta.get("eos") is not None
+                                                       and meta["eos"] != tokenizer.eos_token_id):
+        raise ConfigError(f"pretrain.shards: tokenised with {meta.get('tokenizer')} (vocabulary "
+                          f"{meta.get('vocab_size')}, EOS {meta.get('eos')}); expected the model's tokenizer "
+                          f"(vocabulary {len(tokenizer)}, EOS {tokenizer.eos_token_id})")
+    if len(blocks) == 0:
+        raise ConfigError(f"pretrain.shards: no shard holds one block of {options.block_size} tokens")
+    stats = {"block_size": options.block_size, "train_blocks": len(blocks), "eval_blocks": {},
+             "eval_tokens_per_char": {}, "shards": {"folder": str(options.shards), "count": len(blocks.shards),
+                                                   "tokens": sum(m["tokens"] for m in blocks.metas),
+                                                   "shuffle_buffer": options.shuffle_buffer}}
+    return Corpus(blocks, {}, stats, Loaded([], [], files=[str(p) for p, _ in blocks.shards]))
+
+
 def run(recipe) -> Path:
     from datasets import Dataset
     from transformers import Trainer
@@ -223,16 +261,25 @@ def run(recipe) -> Path:
     from align_kit.runlog import finish_run, start_run
 
     o, out = recipe.options, Path(recipe.output_dir)
-    args = recipe.trainer_config(**common.trainer_defaults(recipe))
+    streaming = o.shards is not None
+    # streamed blocks come in the dataset's own (seeded, windowed) order: a random sampler would read all over
+    extra = {"train_sampling_strategy": "sequential"} if streaming else {}
+    args = recipe.trainer_config(**common.trainer_defaults(recipe), **extra)
     tokenizer = load_tokenizer(recipe.model)
-    train_docs, held_out, loaded = load_documents(recipe.data)
+    if streaming:
+        train_docs, held_out, loaded = [], {}, None
+    else:
+        train_docs, held_out, loaded = load_documents(recipe.data)
     base_vocab = len(tokenizer) - len(recipe.model.new_tokens)
     new_tokens = list(recipe.model.new_tokens)
     if o.extend_vocab is not None:
         with args.main_process_first(desc="vocabulary extension"):
             new_tokens += extend_vocabulary(o, tokenizer, [d for _, docs, _ in train_docs for d in docs], out,
                                             recipe.seed)
-    corpus = build_corpus(o, tokenizer, train_docs, held_out, loaded, recipe.seed)
+    if streaming:
+        corpus = streamed_corpus(o, tokenizer, recipe.seed)
+    else:
+        corpus = build_corpus(o, tokenizer, train_docs, held_out, loaded, recipe.seed)
     model = load_model(recipe.model, tokenizer, quant=recipe.quantization)
     max_pos = getattr(model.config, "max_position_embeddings", None)
     if max_pos is not None and o.block_size > max_pos:
@@ -241,7 +288,8 @@ def run(recipe) -> Path:
     eval_sets = {name: Dataset.from_dict({"input_ids": blocks}) for name, blocks in corpus.eval.items()}
     stats = {**corpus.stats, "new_tokens": len(new_tokens), "base_vocab_size": base_vocab}
     run_info = start_run(recipe, corpus.loaded, extra=stats)
-    trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_dict({"input_ids": corpus.train}),
+    train_set = corpus.train if streaming else Dataset.from_dict({"input_ids": corpus.train})
+    trainer = Trainer(model=model, args=args, train_dataset=train_set,
                       eval_dataset=eval_sets or None, data_collator=collate_blocks, processing_class=tokenizer,
                       callbacks=common.stage_callbacks(recipe))
     per_char = corpus.stats["eval_tokens_per_char"]
