@@ -127,6 +127,9 @@ class Recipe:
     """The stage's own options (the block named after the stage), a dataclass of the stage module."""
     output_dir: str = "runs/output"
     seed: int = 42
+    resume_anyway: bool = False
+    """Resume or reuse the run in output_dir even though it was made with other settings (align_kit.identity);
+    the changed keys are recorded in run_identity.json and the manifest."""
     source: str | None = None
     """The file the recipe came from (set by the loader)."""
 

@@ -119,10 +119,10 @@ def run_pipeline(path: str | Path, overrides: dict[str, list[str]] | None = None
         recipe = load_recipe(base / stage.recipe, [*stage.overrides, *(overrides or {}).get(stage.name, []), *extra])
         if only and stage.name not in only:
             status = "skipped (not selected)"
-        elif common.is_finished(out):
+        elif common.is_finished(out) and _same_run(stage, recipe, out):
             status = "done (reused)"
             log.info("stage %s: finished earlier, reusing %s", stage.name, common.model_dir(out))
-        else:
+        else:  # run_stage checks (and records) the identity of a half-finished stage itself
             log.info("stage %s: running %s", stage.name, stage.recipe)
             run_stage(recipe)
             status = "done"
@@ -137,6 +137,20 @@ def run_pipeline(path: str | Path, overrides: dict[str, list[str]] | None = None
         if not status.startswith("skipped"):
             check_gate(stage, out)
     return root
+
+
+def _same_run(stage: StageSpec, recipe, out: Path) -> bool:
+    """Whether a finished stage was made by this recipe (align_kit.identity). A stage made with other
+    settings (its own overrides, or an earlier stage retrained under it) stops the pipeline, unless the stage
+    sets ``resume_anyway``: it is then run, which reuses its final checkpoint and records the override."""
+    from align_kit.identity import compare, mismatch_error
+
+    _, changed = compare(recipe, out)
+    if not changed:
+        return True
+    if recipe.resume_anyway:
+        return False
+    raise mismatch_error(f"stage '{stage.name}': ", out, changed)
 
 
 def _report(root: Path, spec: PipelineSpec, summary: list[dict]) -> None:

@@ -35,9 +35,13 @@ def start_run(recipe, data=None, extra: dict | None = None) -> RunInfo:
 
 
 def _manifest(info: RunInfo, evals: dict | None = None) -> None:
+    from align_kit.identity import read_identity
     from align_kit.manifest import write_manifest
 
     extra = {"skipped_rows": info.skip_reports, **info.extra}
+    identity = read_identity(info.out)
+    if identity is not None:  # the fingerprint, and every resume_anyway that continued this folder
+        extra["run_identity"] = {"fingerprint": identity["fingerprint"], "overrides": identity["overrides"]}
     if evals:
         extra["evaluation"] = evals
     write_manifest(info.out, info.recipe.to_dict(), info.data_files, info.recipe.seed, extra=extra)

@@ -12,11 +12,13 @@ from align_kit.errors import ConfigError, SkipReport
 def register(sub, data_sub) -> None:
     p = sub.add_parser("train", help="run one stage from a recipe")
     p.add_argument("recipe", help="recipe YAML file")
-    # REMAINDER: argparse cannot mix a '*' positional with an option between its values, so --check is
-    # picked out of the overrides by hand (it may come anywhere: before, between or after them).
+    # REMAINDER: argparse cannot mix a '*' positional with an option between its values, so --check and
+    # --resume-anyway are picked out of the overrides by hand (they may come anywhere: before, between or after).
     p.add_argument("overrides", nargs=argparse.REMAINDER,
                    help="dotted overrides, e.g. trainer.learning_rate=1e-4 peft.r=16")
     p.add_argument("--check", action="store_true", help="validate the recipe and exit (any position)")
+    p.add_argument("--resume-anyway", action="store_true",
+                   help="continue the run in output_dir although its settings changed (recorded in the manifest)")
     p.set_defaults(func=cmd_train, parser=p)
 
     pl = sub.add_parser("pipeline", help="run a pipeline of stages (finished stages are reused)")
@@ -25,6 +27,8 @@ def register(sub, data_sub) -> None:
     pl.add_argument("--set", action="append", default=[], metavar="STAGE:key=value",
                     help="override a stage's recipe key, e.g. --set sft:trainer.num_train_epochs=1")
     pl.add_argument("--only", action="append", help="run only these stages (others must be finished)")
+    pl.add_argument("--resume-anyway", action="store_true",
+                    help="continue stages whose settings changed since they ran (recorded in their manifests)")
     pl.set_defaults(func=cmd_pipeline)
 
     q = sub.add_parser("quickstart", help="run the offline quickstart pipeline: SFT, reward, DPO, PPO on CPU")
@@ -59,12 +63,14 @@ def cmd_train(args) -> int:
     if {"-h", "--help"} & set(args.overrides):
         args.parser.print_help()
         return 0
-    overrides = [o for o in args.overrides if o != "--check"]
-    check = args.check or len(overrides) < len(args.overrides)
+    flags = ("--check", "--resume-anyway")
+    overrides = [o for o in args.overrides if o not in flags]
+    check = args.check or "--check" in args.overrides
+    resume_anyway = args.resume_anyway or "--resume-anyway" in args.overrides
     unknown = [o for o in overrides if o.startswith("-")]
     if unknown:
-        raise ConfigError(f"train: unknown option {unknown[0]} (options: --check); overrides are key=value")
-    recipe = load_recipe(args.recipe, overrides)
+        raise ConfigError(f"train: unknown option {unknown[0]} (options: {', '.join(flags)}); overrides are key=value")
+    recipe = load_recipe(args.recipe, [*overrides, *(["resume_anyway=true"] if resume_anyway else [])])
     if check:
         print(f"{args.recipe}: valid {recipe.stage} recipe")
         return 0
@@ -86,7 +92,13 @@ def _stage_overrides(items: list[str]) -> dict[str, list[str]]:
 def cmd_pipeline(args) -> int:
     from align_kit.pipeline import run_pipeline
 
-    out = run_pipeline(args.pipeline, _stage_overrides(args.set), args.output_dir, args.only)
+    overrides = _stage_overrides(args.set)
+    if args.resume_anyway:
+        from align_kit.pipeline import load_pipeline
+
+        for stage in load_pipeline(args.pipeline)[0].stages:
+            overrides.setdefault(stage.name, []).append("resume_anyway=true")
+    out = run_pipeline(args.pipeline, overrides, args.output_dir, args.only)
     print(f"done: {out} (report: {out / 'report.md'})")
     return 0
 

@@ -41,5 +41,8 @@ def run_stage(recipe) -> Path:
     reproduce the same stage run inside a pipeline."""
     from transformers import set_seed
 
+    from align_kit.identity import check_and_record
+
+    check_and_record(recipe)  # before anything loads: a folder holding another run stops here
     set_seed(recipe.seed)
     return get_stage(recipe.stage).run(recipe)

@@ -89,7 +89,10 @@ def train(trainer, output_dir: str | Path, resume: Path | None = None) -> None:
     state_file = Path(ckpt) / "trainer_state.json" if ckpt else None
     if state_file is not None and state_file.exists():
         state = json.loads(state_file.read_text())
-        if state.get("max_steps", 0) > 0 and state.get("global_step", 0) >= state["max_steps"]:
+        # the run's own target when it sets max_steps (a resume_anyway run may have raised it), else the
+        # checkpoint's (computed from the epochs when the run was started)
+        target = trainer.args.max_steps if trainer.args.max_steps > 0 else state.get("max_steps", 0)
+        if target > 0 and state.get("global_step", 0) >= target:
             from transformers import TrainerState
 
             log.info("%s holds the final step (%d): loading it, nothing left to train", Path(ckpt).name,

@@ -68,6 +68,7 @@ def test_resume_from_a_checkpoint_reaches_the_same_weights(shared, tmp_path):
     full = run_stage(make_recipe(shared, tmp_path / "full", wiki=0, steps=4))
     assert sorted(p.name for p in full.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
     shutil.copytree(full / "checkpoint-2", tmp_path / "cut" / "checkpoint-2")
+    shutil.copy(full / "run_identity.json", tmp_path / "cut")  # the same run, cut short (align_kit.identity)
     state_file = tmp_path / "cut" / "checkpoint-2" / "trainer_state.json"
     state = json.loads(state_file.read_text())
     state["log_history"][0]["loss"] = 123.0  # a marker: only a run that resumed from this file logs it
