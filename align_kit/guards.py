@@ -26,6 +26,22 @@ log = logging.getLogger("align_kit")
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
 
 
+class UnsafeCheckpointError(AlignKitError):
+    """A checkpoint file holds objects other than tensors and plain containers: it is not loaded."""
+
+
+def refuse_unsafe(path, exc: Exception) -> UnsafeCheckpointError:
+    """The one-line error for a checkpoint file that ``torch.load(weights_only=True)`` refused to build."""
+    # torch's message advises loading with weights_only=False or allow-listing the object; name the object only
+    import re
+
+    found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    return UnsafeCheckpointError(
+        f"{path}: refused to load: it holds {found.group(1) if found else 'an object'}, not only tensors and "
+        "plain containers (read by torch.load(weights_only=True)). align_kit never writes such a file, so it "
+        "was altered or comes from elsewhere; delete that checkpoint folder to resume from an earlier one")
+
+
 class TrainingDivergedError(AlignKitError):
     """Training stopped because the loss, gradient norm or weights became NaN or infinite."""
 

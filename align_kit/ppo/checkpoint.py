@@ -11,6 +11,11 @@ Layout of ``checkpoint-N/`` (N = PPO steps done)::
 
 A checkpoint is written into ``checkpoint-N.tmp/`` and renamed with ``os.replace`` only when all
 its files exist, so a run killed mid-write leaves a ``.tmp`` directory that resume ignores.
+
+No pickle: the ``.pt`` files hold tensors, numbers, strings and plain containers only (the numpy RNG state
+is stored as a tensor), so they are read with ``torch.load(weights_only=True)``, whose unpickler builds
+nothing else. A file holding any other object (a crafted one would run code when unpickled) is refused with
+:class:`~align_kit.guards.UnsafeCheckpointError` before anything in it runs.
 """
 
 from __future__ import annotations
@@ -27,18 +32,35 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from align_kit.guards import refuse_unsafe
+
 log = logging.getLogger(__name__)
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
 def rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """The RNG states as tensors, numbers and tuples (loadable with ``weights_only=True``)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(), "torch": torch.get_rng_state(),
+            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "gauss": float(gauss)}}
 
 
 def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     torch.set_rng_state(state["torch"])
+
+
+def load_tensors(path: Path):
+    """``torch.load(weights_only=True)``: tensors, numbers, strings and containers, nothing executable."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise refuse_unsafe(path, exc) from None
 
 
 def write_files(tmp: Path, policy: dict, critic: dict, optimizers: dict, kl_state: dict, trainer_state: dict) -> None:
@@ -85,9 +107,8 @@ def read(path: Path, rank: int) -> dict:
     return {
         "policy": load_file(str(path / "policy.safetensors")),
         "critic": load_file(str(path / "critic.safetensors")),
-        # weights_only=False: the optimiser and RNG states hold plain python objects we wrote ourselves
-        "optimizers": torch.load(path / "optimizers.pt", weights_only=False),
+        "optimizers": load_tensors(path / "optimizers.pt"),
         "kl_controller": json.loads((path / "kl_controller.json").read_text()),
         "trainer_state": json.loads((path / "trainer_state.json").read_text()),
-        "rng": torch.load(rng_file, weights_only=False) if rng_file.exists() else None,
+        "rng": load_tensors(rng_file) if rng_file.exists() else None,
     }

@@ -100,7 +100,16 @@ def train(trainer, output_dir: str | Path, resume: Path | None = None) -> None:
             trainer._load_from_checkpoint(str(ckpt))
             trainer.state = TrainerState.load_from_json(str(state_file))
             return
-    trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+    import pickle
+
+    try:
+        trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+    except pickle.UnpicklingError as exc:
+        # transformers 5.25 reads optimizer.pt, scheduler.pt, rng_state*.pth (and .bin weights) with
+        # torch.load(weights_only=True): a file holding anything else is refused before it is built
+        from align_kit.guards import refuse_unsafe
+
+        raise refuse_unsafe(ckpt, exc) from None
 
 
 def model_dir(output_dir: str | Path) -> Path:
