@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,9 +50,9 @@ def finish_run(info: RunInfo, log_history: list[dict], evals: dict) -> None:
     if not is_main_process():
         return
     write_json(info.out / "eval.json", evals)
-    with open(info.out / "log_history.jsonl", "w", encoding="utf-8") as fh:
-        for rec in log_history:
-            fh.write(json.dumps(rec, default=str) + "\n")
+    from align_kit.data.io import write_jsonl
+
+    write_jsonl(info.out / "log_history.jsonl", log_history)
     _manifest(info, evals)
     from align_kit.report import write_run_report
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from align_kit.errors import ConfigError, SkipReport
@@ -138,11 +137,14 @@ def cmd_convert(args) -> int:
 
 def write_converted(rows: list[dict], out: str | None, report: SkipReport) -> int:
     """Write converted rows as jsonl (when ``out``) and print kept/rejected counts with example errors."""
+    from align_kit.data.io import write_jsonl
+    from align_kit.errors import DataError
+
+    if not rows:  # an empty input (or one with every row rejected) is not a successful conversion
+        raise DataError(report.source, None, None, f"no rows to convert ({report.summary()})",
+                        "at least one convertible row")
     if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        with open(out, "w", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        write_jsonl(out, rows)
     print(report.summary())
     for example in report.examples[:5]:
         print(f"  {example}")

@@ -1,9 +1,14 @@
-"""Read records from local files with errors that name file, row and what was wrong.
+r"""Read records from local files with errors that name file, row and what was wrong.
 
 Supported: ``.json`` (a list of objects), ``.jsonl`` / ``.jsonl.gz``, ``.csv`` / ``.tsv``
 (header row unless ``columns`` is given), ``.parquet``, and ``.txt`` (see :func:`read_text_documents`).
 Rows are numbered from 1 in messages (for JSONL the line number, for JSON the list index + 1). JSON and
 JSON Lines are told apart by content (:func:`sniff_json`), so JSON Lines named ``.json`` reads as such.
+
+JSON Lines are split on ``"\n"`` alone (a ``"\r"`` before it is dropped): JSON allows U+2028, U+2029 and
+U+0085 unescaped inside strings, and Python's ``str.splitlines`` would cut a row there. :func:`write_jsonl`
+writes those characters (and lone surrogates, which UTF-8 cannot encode) as ``\uXXXX`` escapes, so any
+line-based tool reads align_kit's output back row for row.
 """
 
 from __future__ import annotations
@@ -12,8 +17,10 @@ import csv
 import gzip
 import io
 import json
+import os
+import re
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from align_kit.errors import DataError, SkipReport
@@ -56,10 +63,55 @@ def sniff_json(text: str, kind: str) -> str:
     return "json" if isinstance(value, list) and value and all(isinstance(v, dict) for v in value) else kind
 
 
+# Characters some line splitters treat as line ends, and lone surrogates (not encodable as UTF-8).
+_UNSAFE_IN_LINE = re.compile("[\u0085\u2028\u2029\ud800-\udfff]")
+
+
+def jsonl_line(row) -> str:
+    r"""One JSON Lines row (with its ``"\n"``): UTF-8 text kept readable, line separators and lone
+    surrogates escaped.
+
+    >>> jsonl_line({"t": "a\u2028b\x85c\ud800 é"})
+    '{"t": "a\\u2028b\\u0085c\\ud800 é"}\n'
+    """
+    text = json.dumps(row, ensure_ascii=False, default=str)
+    return _UNSAFE_IN_LINE.sub(lambda m: f"\\u{ord(m.group()):04x}", text) + "\n"
+
+
+def write_jsonl(path: str | Path, rows: Iterable, mode: int | None = None) -> int:
+    """Write rows as JSON Lines atomically (a temp file renamed over ``path``); returns the row count."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    n = 0
+    with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+        for row in rows:
+            fh.write(jsonl_line(row))
+            n += 1
+    if mode is not None:
+        os.chmod(tmp, mode)
+    os.replace(tmp, path)
+    return n
+
+
+def split_lines(text: str) -> list[str]:
+    r"""Lines split on ``"\n"`` only (a trailing ``"\r"`` dropped); U+2028 and friends stay inside a line.
+
+    >>> split_lines('{"a": "x\u2028y"}\r\n{"b": 1}\n')
+    ['{"a": "x\u2028y"}', '{"b": 1}']
+    """
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
 def _read_text(path: Path) -> str:
     """Whole file as UTF-8 text; gzip by suffix; clear errors for truncated gzip and non-UTF-8 bytes."""
     if not path.exists():
         raise DataError(str(path), None, None, "no such file", "an existing data file")
+    if path.is_dir():
+        raise DataError(str(path), None, None, "a directory", "a data file (name the file inside it)")
     raw: bytes
     try:
         raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
@@ -71,13 +123,27 @@ def _read_text(path: Path) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        hint = " (it looks like GBK/GB18030: re-save the file as UTF-8, e.g. iconv -f GB18030 -t UTF-8)"
-        try:
-            raw.decode("gb18030")
-        except UnicodeDecodeError:
-            hint = ""
         raise DataError(str(path), line, None, f"bytes that are not UTF-8 at offset {exc.start}",
-                        "UTF-8 text" + hint) from None
+                        "UTF-8 text" + _encoding_hint(raw)) from None
+
+
+def _encoding_hint(raw: bytes) -> str:
+    """What a non-UTF-8 file probably is. Single bytes above 0x7F between ASCII characters are a one-byte
+    code page (Latin-1/Windows-1252); runs of two or more that decode as GB18030 are Chinese text.
+
+    >>> _encoding_hint("café au lait".encode("latin-1"))[:30]
+    ' (it looks like Latin-1/Window'
+    >>> _encoding_hint("中文文本".encode("gbk"))[:26]
+    ' (it looks like GBK/GB1803'
+    """
+    runs = [len(m.group()) for m in re.finditer(rb"[\x80-\xff]+", raw)]
+    if runs and max(runs) == 1:
+        return " (it looks like Latin-1/Windows-1252: re-save it as UTF-8, e.g. iconv -f CP1252 -t UTF-8)"
+    try:
+        raw.decode("gb18030")
+    except UnicodeDecodeError:
+        return ""
+    return " (it looks like GBK/GB18030: re-save it as UTF-8, e.g. iconv -f GB18030 -t UTF-8)"
 
 
 def read_records(path: str | Path, columns: list[str] | None = None,
@@ -118,7 +184,7 @@ def read_records(path: str | Path, columns: list[str] | None = None,
                 raise DataError(str(path), i, None, f"a {type(rec).__name__}", "a JSON object")
             yield i, rec
     elif kind == "jsonl":
-        for i, line in enumerate(text.splitlines(), start=1):
+        for i, line in enumerate(split_lines(text), start=1):
             if not line.strip():
                 continue
             try:
@@ -168,13 +234,13 @@ def read_text_documents(path: str | Path, split: str = "line") -> Iterator[tuple
     """
     text = _read_text(Path(path))
     if split == "line":
-        for i, line in enumerate(text.splitlines(), start=1):
+        for i, line in enumerate(split_lines(text), start=1):
             if line.strip():
                 yield i, line
     elif split == "blank":
         buf: list[str] = []
         start = 1
-        for i, line in enumerate(text.splitlines() + [""], start=1):
+        for i, line in enumerate(split_lines(text) + [""], start=1):
             if line.strip():
                 if not buf:
                     start = i

@@ -237,9 +237,9 @@ def _check_doc(doc: Doc, row: int) -> Doc:
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    with path.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    from align_kit.data.io import write_jsonl  # line separators escaped: the next step reads it row for row
+
+    write_jsonl(path, rows)
 
 
 def write_outputs(result: PipelineResult, out: Path, sources: list[str]) -> None:
