@@ -87,6 +87,10 @@ class DataArgs:
     """Share of training rows held out for evaluation when no eval source is given (0 disables)."""
     on_bad_row: Literal["error", "skip"] = "error"
     """error: stop at the first bad row, naming file, row and field. skip: drop and count by reason."""
+    long_rows: Literal["truncate_prompt", "drop"] = "truncate_prompt"
+    """SFT rows longer than trainer.max_length: truncate_prompt cuts the start of the conversation and keeps
+    the last reply whole with its end-of-turn token (a row whose last reply does not fit is dropped); drop
+    drops every such row. Either way the rows are counted in the log and the manifest."""
     seed: int = 0
     """Seed of the held-out split and the mixture sampling."""
 

@@ -28,6 +28,8 @@ def start_run(recipe, data=None, extra: dict | None = None) -> RunInfo:
     for r in getattr(data, "reports", []):
         if r.rejected:
             log.warning("skipped rows: %s", r.summary())
+    if getattr(data, "cuts", None):  # rows left out on purpose (max_rows, mixture weights): counted too
+        info.extra.setdefault("rows_left_out", data.cuts)
     if is_main_process():
         _manifest(info)
     return info

@@ -21,6 +21,7 @@ class Loaded:
     eval: list[dict]
     reports: list[SkipReport] = field(default_factory=list)
     files: list[str] = field(default_factory=list)  # local files read (hashed into the run manifest)
+    cuts: dict = field(default_factory=dict)  # per source: rows left out on purpose (max_rows, the mixture)
 
 
 def _records(src: DataSource, location: str, skip_report: SkipReport | None = None):
@@ -90,7 +91,10 @@ def load_source(src: DataSource, kind: str, skip: bool, for_training: bool) -> t
     rows = convert(kind, _records(src, location, report if skip else None), fmt, location, skip, report, columns)
     if report.rejected:
         log.warning("data: %s", report.summary())
-    if src.max_rows is not None:
+    if src.max_rows is not None and len(rows) > src.max_rows:
+        log.info("data: %s: %d rows beyond max_rows=%d left out", report.source, len(rows) - src.max_rows,
+                 src.max_rows)
+        report.beyond_max_rows = len(rows) - src.max_rows
         rows = rows[: src.max_rows]
     if not rows:
         raise ConfigError(f"data: source {location} gave no usable rows ({report.summary()})")
@@ -107,16 +111,25 @@ def mix(parts: list[tuple[list[dict], float]], rng: random.Random) -> list[dict]
     """
     if len(parts) == 1:
         return list(parts[0][0])
-    total = sum(len(rows) for rows, _ in parts)
-    wsum = sum(w for _, w in parts)
     out = []
-    for rows, w in parts:
-        if w <= 0:
-            raise ConfigError(f"data source weight must be positive, found {w}")
-        n = round(total * w / wsum)
+    for (rows, _), n in zip(parts, mix_sizes(parts)):
         out += rng.sample(rows, n) if n <= len(rows) else [rows[i % len(rows)] for i in range(n)]
     rng.shuffle(out)
     return out
+
+
+def mix_sizes(parts: list[tuple[list, float]]) -> list[int]:
+    """Rows each source contributes to the mixture (see :func:`mix`).
+
+    >>> mix_sizes([([0] * 10, 3.0), ([0] * 10, 1.0)])
+    [15, 5]
+    """
+    total = sum(len(rows) for rows, _ in parts)
+    wsum = sum(w for _, w in parts)
+    for _, w in parts:
+        if w <= 0:
+            raise ConfigError(f"data source weight must be positive, found {w}")
+    return [len(parts[0][0])] if len(parts) == 1 else [round(total * w / wsum) for _, w in parts]
 
 
 def load_data(data: DataArgs, kind: str) -> Loaded:
@@ -141,4 +154,16 @@ def load_data(data: DataArgs, kind: str) -> Loaded:
         reports.append(report)
         files.append(loc)
         eval_rows += rows
-    return Loaded(mix(parts, rng), eval_rows, reports, [f for f in files if not f.startswith("hub:")])
+    cuts = {}
+    for src, report, (rows, _), n in zip(data.train, reports, parts, mix_sizes(parts)):
+        cut = {"beyond max_rows": getattr(report, "beyond_max_rows", 0),
+               "not drawn by the mixture": max(0, len(rows) - n), "repeated by the mixture": max(0, n - len(rows))}
+        if any(cut.values()):
+            cuts[report.source] = cut
+        if n != len(rows):
+            log.info("data: %s: weight %g puts %d of its %d training rows into the mixture", report.source,
+                     src.weight, n, len(rows))
+    for report in reports[len(data.train):]:
+        if getattr(report, "beyond_max_rows", 0):
+            cuts[report.source] = {"beyond max_rows": report.beyond_max_rows}
+    return Loaded(mix(parts, rng), eval_rows, reports, [f for f in files if not f.startswith("hub:")], cuts)

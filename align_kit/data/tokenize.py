@@ -157,3 +157,46 @@ def render_marked(tokenizer, tok: Tokenized, open_mark: str = "[[", close_mark: 
         if tid is not None:
             run.append(tid)
     return "".join(pieces)
+
+
+# ----------------------------------------------------------------------------- rows longer than max_length
+LONG_ROW_REASONS = {"drop": "longer than max_length", "reply": "last reply does not fit in max_length"}
+
+
+def fit_length(tok: Tokenized, max_length: int | None, how: str = "truncate_prompt") -> tuple[Tokenized | None, str]:
+    """A tokenised conversation fitted to ``max_length``: ``(row or None when dropped, what happened)``.
+
+    Cutting a row at its end would train a reply without its end-of-turn token (the model would not learn to
+    stop) or, when the prompt alone fills ``max_length``, leave no trained token at all. So a long row is
+    either dropped (``how="drop"``) or cut from the prompt side (``"truncate_prompt"``): the last
+    ``max_length`` tokens are kept, provided they hold the whole last reply and one token before it; a reply
+    cut at its start by the window becomes context. Otherwise the row is dropped. Callers count the outcome.
+
+    >>> t = Tokenized([1, 2, 3, 4, 5, 6, 7], [0, 0, 0, 0, 1, 1, 0])
+    >>> fit_length(t, 4)
+    (Tokenized(input_ids=[4, 5, 6, 7], assistant_masks=[0, 1, 1, 0]), 'truncated_prompt')
+    >>> fit_length(t, 3)
+    (None, 'last reply does not fit in max_length')
+    >>> fit_length(t, 4, "drop")
+    (None, 'longer than max_length')
+    >>> fit_length(t, 8)[1]
+    'kept'
+    """
+    ids, mask = tok.input_ids, tok.assistant_masks
+    if max_length is None or len(ids) <= max_length:
+        return tok, "kept"
+    if how == "drop":
+        return None, LONG_ROW_REASONS["drop"]
+    start = len(ids) - max_length
+    last = max(i for i, m in enumerate(mask) if m)  # the last trained token (the final end-of-turn)
+    first = last
+    while first > 0 and mask[first - 1]:
+        first -= 1
+    if first <= start:  # the last reply, with a token of context before it, is longer than max_length
+        return None, LONG_ROW_REASONS["reply"]
+    kept_mask = list(mask[start:])
+    i = 0
+    while kept_mask[i]:  # an earlier reply cut at its start: no longer a whole reply, so context
+        kept_mask[i] = 0
+        i += 1
+    return Tokenized(list(ids[start:]), kept_mask), "truncated_prompt"

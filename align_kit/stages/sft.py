@@ -76,14 +76,33 @@ def tokenize_rows(rows: list[dict], tokenizer, where: str) -> tuple[list[dict], 
     return out, {"rows": len(out), "tokens": sum(len(r["input_ids"]) for r in out)}
 
 
-def report_truncation(rows: list[dict], max_length: int | None, split: str) -> int:
-    if max_length is None:
-        return 0
-    long = sum(len(r["input_ids"]) > max_length for r in rows)
-    if long:
-        log.warning("%s: %d of %d rows are longer than max_length=%d and are truncated", split, long, len(rows),
-                    max_length)
-    return long
+def fit_rows(rows: list[dict], max_length: int | None, how: str, split: str) -> tuple[list[dict], dict]:
+    """Rows fitted to ``max_length`` (``data.long_rows``, see ``data.tokenize.fit_length``) and their counts:
+    ``{"rows", "kept", "truncated_prompt", "dropped": {reason: n}}``, logged when any row was long."""
+    from collections import Counter
+
+    from align_kit.data.tokenize import Tokenized, fit_length
+
+    out, outcomes = [], Counter()
+    for row in rows:
+        tok, what = fit_length(Tokenized(row["input_ids"], row["assistant_masks"]), max_length, how)
+        outcomes[what] += 1
+        if tok is not None:
+            out.append({"input_ids": tok.input_ids, "assistant_masks": tok.assistant_masks})
+    dropped = {k: v for k, v in outcomes.items() if k not in ("kept", "truncated_prompt")}
+    counts = {"rows": len(rows), "kept": len(out), "truncated_prompt": outcomes["truncated_prompt"],
+              "dropped": dropped}
+    if len(out) < len(rows) or outcomes["truncated_prompt"]:
+        log.warning("%s: %d of %d rows are longer than max_length=%d: %d truncated from the prompt side "
+                    "(last reply kept whole), %d dropped%s", split, len(rows) - outcomes["kept"], len(rows),
+                    max_length, outcomes["truncated_prompt"], len(rows) - len(out),
+                    f" ({', '.join(f'{k}: {v}' for k, v in dropped.items())})" if dropped else "")
+    if rows and not out:
+        from align_kit.errors import ConfigError
+
+        raise ConfigError(f"data: every {split} row is longer than trainer.max_length={max_length} "
+                          f"(data.long_rows: {how}); raise max_length or shorten the data")
+    return out, counts
 
 
 def run(recipe) -> Path:
@@ -102,17 +121,26 @@ def run(recipe) -> Path:
     train_rows, train_stats = tokenize_rows(data.train, tokenizer, "train")
     eval_rows, _ = tokenize_rows(data.eval, tokenizer, "eval")
     args = recipe.trainer_config(**_defaults(recipe, bool(eval_rows)))
-    truncated = report_truncation(train_rows, args.max_length, "train")
+    train_rows, train_fit = fit_rows(train_rows, args.max_length, recipe.data.long_rows, "train")
+    eval_rows, eval_fit = fit_rows(eval_rows, args.max_length, recipe.data.long_rows, "eval")
     pack = recipe.trainer.get("packing", True)
     train_ds = Dataset.from_list(pack_samples(train_rows, args.max_length, pack))
     eval_ds = Dataset.from_list(pack_samples(eval_rows, args.max_length, pack)) if eval_rows else None
 
     model = load_model(recipe.model, tokenizer, quant=recipe.quantization)
     model = apply_lora(model, recipe.peft, quantized=recipe.quantization is not None)
-    run_info = start_run(recipe, data, extra={"truncated_rows": truncated, **train_stats})
+    run_info = start_run(recipe, data, extra={"truncated_rows": train_fit["truncated_prompt"],
+                                              "long_rows": {"train": train_fit, "eval": eval_fit}, **train_stats})
     trainer = _trainer_class(recipe.options.lm_head)(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                          processing_class=tokenizer, callbacks=common.stage_callbacks(recipe),
                          data_collator=PackedCollator(tokenizer.pad_token_id, args.pad_to_multiple_of))
+    # TRL truncates to max_length and drops rows without a trained token; after fit_rows neither should
+    # happen, and if it ever does the count goes to the log and the manifest rather than passing silently
+    run_info.extra["trl_dropped_rows"] = {
+        "train": len(train_ds) - len(trainer.train_dataset),
+        "eval": (len(eval_ds) - len(trainer.eval_dataset)) if eval_ds is not None else 0}
+    if any(run_info.extra["trl_dropped_rows"].values()):
+        log.warning("TRL dropped packed rows without a trained token: %s", run_info.extra["trl_dropped_rows"])
     evals = {"before": _evaluate(trainer, recipe, data.eval, tokenizer)}
     common.train(trainer, out)
     evals["after"] = _evaluate(trainer, recipe, data.eval, tokenizer)

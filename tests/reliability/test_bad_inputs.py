@@ -140,7 +140,7 @@ def test_skip_mode_counts_broken_lines_and_reads_on(tmp_path, capsys):
 
 def test_skip_mode_and_truncation_reach_the_run_manifest(tmp_path, caplog):
     """A real SFT run with ``on_bad_row: skip``: counts by reason are logged and written to manifest.json,
-    and rows far longer than max_length are counted as truncated there too."""
+    and rows far longer than max_length are counted there too (dropped: their replies cannot fit)."""
     import yaml
 
     long_answer = " ".join(["forty two"] * 200)  # ~800 tokens against max_length 64
@@ -159,10 +159,12 @@ def test_skip_mode_and_truncation_reach_the_run_manifest(tmp_path, caplog):
         assert main(["train", str(tmp_path / "r.yaml")]) == 0
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "kept 14, rejected 3 (a non-empty string: 2, a string: 1)" in logged
-    assert "train: 2 of 14 rows are longer than max_length=64 and are truncated" in logged
+    assert ("train: 2 of 14 rows are longer than max_length=64: 0 truncated from the prompt side (last reply "
+            "kept whole), 2 dropped (last reply does not fit in max_length: 2)") in logged
     extra = json.loads((tmp_path / "run" / "manifest.json").read_text())["extra"]
     (report,) = extra["skipped_rows"]
     assert report["kept"] == 14 and report["rejected"] == 3
     assert report["reasons"] == {"a non-empty string": 2, "a string": 1}
     assert any("row 17: field 'output': expected a string, found number 3" in e for e in report["examples"])
-    assert extra["truncated_rows"] == 2
+    assert extra["truncated_rows"] == 0 and extra["long_rows"]["train"]["dropped"] == {
+        "last reply does not fit in max_length": 2}  # their ~800-token replies cannot fit in 64 tokens
