@@ -267,11 +267,34 @@ RecipeLoader.add_implicit_resolver(
     list("-+0123456789."))
 
 
+def _construct_mapping_once(loader, node, deep=False):
+    """A mapping whose key appears twice is an error (PyYAML keeps the last one silently)."""
+    seen: dict = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key, line = loader.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+        try:
+            if key in seen:
+                raise ConfigError(f"line {line}: key '{key}' appears twice in one mapping (first on line "
+                                  f"{seen[key]}); expected each key once")
+            seen[key] = line
+        except TypeError:  # an unhashable key: the base constructor reports it
+            continue
+    return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+
+RecipeLoader.construct_mapping = _construct_mapping_once
+
+
 def parse_yaml(text: str):
     r"""Parse recipe YAML.
 
     >>> parse_yaml("a: no\nb: 1e-4\nc: true\nd: 3\ne: 1.5")
     {'a': 'no', 'b': 0.0001, 'c': True, 'd': 3, 'e': 1.5}
+    >>> parse_yaml("trainer:\n  lr: 1\n  lr: 2")
+    Traceback (most recent call last):
+    align_kit.errors.ConfigError: line 3: key 'lr' appears twice in one mapping (first on line 2); expected each key once
     """
     return yaml.load(text, Loader=RecipeLoader)  # noqa: S506 - RecipeLoader derives from SafeLoader
 
@@ -320,15 +343,32 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
+def read_yaml_file(path: Path, what: str = "recipe"):
+    """A YAML file parsed with :func:`parse_yaml`; unreadable, non-UTF-8 or invalid files give one line."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: {what} file not found" + (" (it is a directory)" if path.is_dir() else ""))
+    raw = path.read_bytes()
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")) or raw[:2].count(b"\0") == 1:
+        raise ConfigError(f"{path}: expected a UTF-8 {what} file, found UTF-16 text; re-save it as UTF-8 "
+                          f"(e.g. iconv -f UTF-16 -t UTF-8)")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: line {line}: expected UTF-8 text, found bytes that are not UTF-8 at offset "
+                          f"{exc.start}; re-save the {what} as UTF-8") from None
+    try:
+        return parse_yaml(text)  # a SafeLoader: no Python objects from YAML
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {' '.join(str(exc).split())}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read, override, expand and validate a recipe file. Nothing heavy is loaded."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: recipe file not found")
-    try:
-        raw = parse_yaml(path.read_text(encoding="utf-8"))  # a SafeLoader: no Python objects from YAML
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    raw = read_yaml_file(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with stage, model, data, trainer; found {type(raw).__name__}")
     try:
@@ -350,13 +390,21 @@ def recipe_from_dict(raw: dict, source: str | None = None) -> Recipe:
     for other in STAGES:
         if other != stage_name and other in raw:
             raise ConfigError(f"block '{other}:' belongs to stage '{other}', but this recipe's stage is '{stage_name}'")
-    recipe = build(Recipe, {k: v for k, v in raw.items() if k not in ("options",)})
+    for key, why in (("options", f"the stage's options go in a block named after it ('{stage_name}:')"),
+                     ("source", "it is set to the recipe file's path by the loader")):
+        if key in raw:
+            raise ConfigError(f"{key}: not a recipe key ({why}); found {key}: {raw[key]!r}")
+    recipe = build(Recipe, raw)
     recipe.source = source
     if stage.OPTIONS is not None:
         recipe.options = build(stage.OPTIONS, options_raw or {}, stage_name)
     elif options_raw:
         raise ConfigError(f"stage '{stage_name}' takes no '{stage_name}:' block")
     validate_trainer(recipe.trainer, stage.TRAINER_CONFIG)
+    check_ranges(recipe)
+    from align_kit.models import check_targets_early
+
+    check_targets_early(recipe)
     for hook in getattr(stage, "VALIDATORS", ()):
         hook(recipe)
     from align_kit.compat import check_compatibility
@@ -389,6 +437,57 @@ def validate_trainer(trainer: dict, cls) -> None:
             raise ConfigError(f"trainer.{key}: expected a positive number, found {value}")
     if trainer.get("max_steps", -1) == 0:
         raise ConfigError("trainer.max_steps: expected a positive number (or -1 to use num_train_epochs), found 0")
+
+
+# (where, test, what is expected): settings that would train nothing or mean nothing outside their range
+_POSITIVE_INT = (lambda v: v >= 1, "an integer of at least 1")
+_RANGES = {
+    "peft.r": (lambda v: v >= 1, "a rank of at least 1"),
+    "peft.alpha": (lambda v: v > 0, "a positive number (the update is scaled by alpha / r: 0 trains nothing)"),
+    "peft.dropout": (lambda v: 0 <= v < 1, "a probability in [0, 1)"),
+    "data.eval_fraction": (lambda v: 0 <= v < 1, "a share in [0, 1): 0 holds nothing out, 1 would train on nothing"),
+    "data.source.max_rows": (lambda v: v is None or v >= 1, "a positive number of rows (or no max_rows)"),
+    "data.source.weight": (lambda v: v > 0 and v != float("inf"), "a positive, finite mixing weight"),
+    "trainer.max_steps": (lambda v: v == -1 or v > 0, "a positive number of steps, or -1 to use num_train_epochs"),
+    "trainer.logging_steps": (lambda v: v > 0, "a positive number of steps (or a ratio in (0, 1))"),
+    "trainer.save_steps": (lambda v: v > 0, "a positive number of steps (or a ratio in (0, 1))"),
+    "trainer.eval_steps": (lambda v: v is None or v > 0, "a positive number of steps (or a ratio in (0, 1))"),
+    "trainer.warmup_steps": (lambda v: v >= 0, "zero or more steps"),
+    "sft.verifier_max_new_tokens": _POSITIVE_INT,
+    "dpo.verifier_max_new_tokens": _POSITIVE_INT,
+    "kto.verifier_max_new_tokens": _POSITIVE_INT,
+    "reward.calibration_bins": (lambda v: v >= 1, "at least 1 bin (0 bins would report a perfect ECE of 0.0)"),
+}
+
+
+def check_ranges(recipe: Recipe) -> None:
+    """Each setting in :data:`_RANGES` inside its range, or one line naming key, value and what is expected.
+
+    >>> check_ranges(build(Recipe, {"stage": "sft", "model": {"name_or_path": "x"}, "peft": {"alpha": 0}}))
+    Traceback (most recent call last):
+    align_kit.errors.ConfigError: peft.alpha: expected a positive number (the update is scaled by alpha / r: 0 trains nothing), found 0
+    """
+    values: list[tuple[str, str, object]] = []
+    if recipe.peft is not None:
+        values += [(f"peft.{k}", f"peft.{k}", getattr(recipe.peft, k)) for k in ("r", "alpha", "dropout")]
+    if recipe.data is not None:
+        values.append(("data.eval_fraction", "data.eval_fraction", recipe.data.eval_fraction))
+        for split in ("train", "eval"):
+            for i, src in enumerate(getattr(recipe.data, split)):
+                values += [(f"data.source.{k}", f"data.{split}[{i}].{k}", getattr(src, k)) for k in ("max_rows", "weight")]
+    values += [(f"trainer.{k}", f"trainer.{k}", v) for k, v in recipe.trainer.items()
+               if f"trainer.{k}" in _RANGES and isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if recipe.options is not None:
+        values += [(f"{recipe.stage}.{f.name}", f"{recipe.stage}.{f.name}", getattr(recipe.options, f.name))
+                   for f in dataclasses.fields(recipe.options) if f"{recipe.stage}.{f.name}" in _RANGES]
+    for rule, key, value in values:
+        test, expected = _RANGES[rule]
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not test(value):
+            raise ConfigError(f"{key}: expected {expected}, found {value}")
+    out = Path(recipe.output_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output_dir: expected a folder (or a path that does not exist yet), found an existing "
+                          f"file {out}")
 
 
 def _loosen(tp):

@@ -113,6 +113,17 @@ def load_merged(run_dir: str | Path, base_model: str | None = None):
     return model, tokenizer, info
 
 
+def _usual_modes(folder: Path) -> None:
+    """Give the staged export the modes a plain ``mkdir`` / ``open`` would have (0755 / 0644 under umask 022):
+    ``mkdtemp`` makes its folder 0700 and some writers make files 0600, which other users of a shared model
+    folder (a serving process, a teammate) could not read."""
+    mask = os.umask(0)
+    os.umask(mask)
+    folder.chmod(0o777 & ~mask)
+    for path in folder.rglob("*"):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+
+
 def save_export(model, tokenizer, out_dir: str | Path, dtype: str | None = None, overwrite: bool = False,
                 chat_template: str | None = None) -> Path:
     """Write ``model`` (safetensors) and ``tokenizer`` (with its chat template) to ``out_dir``.
@@ -140,6 +151,7 @@ def save_export(model, tokenizer, out_dir: str | Path, dtype: str | None = None,
         pickles = [p.name for p in staging.rglob("*") if p.suffix in PICKLE_SUFFIXES]
         if pickles or not list(staging.glob("*.safetensors")):
             raise ConfigError(f"export wrote {pickles or 'no safetensors'}: expected safetensors weights only")
+        _usual_modes(staging)
         if out.exists():
             shutil.rmtree(out)
         os.replace(staging, out)

@@ -244,8 +244,58 @@ def lora_config(p: PeftArgs, model, task_type: str = "CAUSAL_LM"):
         if not targets:
             raise ConfigError(f"peft.target_modules: none of the family's targets {list(family_targets)} are in the "
                               f"model; set them explicitly (linear layers: {sorted(names)[:12]})")
+    else:
+        check_targets(targets, model)
     return LoraConfig(r=p.r, lora_alpha=p.alpha, lora_dropout=p.dropout, target_modules=list(targets),
                       modules_to_save=list(p.modules_to_save) or None, task_type=task_type)
+
+
+def check_targets(targets: list[str] | str, model) -> None:
+    """Every name in ``peft.target_modules`` must match a module as peft matches them (the full name or its
+    last dotted parts; a single string is a regular expression over full names), or peft stops with a
+    traceback mid-load, or, for a list where some names match, silently adapts fewer layers than asked."""
+    import re
+
+    full = [n for n, _ in model.named_modules() if n]
+    linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+    if isinstance(targets, str):
+        if not any(re.fullmatch(targets, n) for n in full):
+            raise ConfigError(f"peft.target_modules: the pattern {targets!r} matches no module of the model; "
+                              f"expected a list of module names such as {linear[:8]}")
+        return
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in full)]
+    if missing:
+        raise ConfigError(f"peft.target_modules: {missing} match no module of the model; expected names such as "
+                          f"{linear[:8]} (its linear layers)")
+
+
+def check_targets_early(recipe) -> None:
+    """``peft.target_modules`` (a list) against the model's module names before anything loads, so that
+    ``--check`` refuses what the run would: the builtin model is built in process, a local checkpoint as an
+    empty skeleton on the meta device from its config.json (no weights read). Hub ids and remote-code models
+    are checked when they load (:func:`check_targets`)."""
+    p = recipe.peft
+    if p is None or isinstance(p.target_modules, str):
+        return
+    name = recipe.model.name_or_path
+    if name == BUILTIN:
+        from align_kit.quickstart.model import build_model, build_tokenizer
+
+        with torch.device("meta"):
+            skeleton = build_model(build_tokenizer())
+    elif (Path(name) / "config.json").is_file() and not recipe.model.trust_remote_code:
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        try:
+            config = AutoConfig.from_pretrained(name)
+            with torch.device("meta"):
+                skeleton = AutoModelForCausalLM.from_config(config)
+        except (ValueError, KeyError, OSError):
+            return  # an architecture transformers cannot build from its config alone: checked when it loads
+    else:
+        return
+    heads = {"lm_head", "score", "classifier"}  # the stage may put another head on the same body
+    check_targets([t for t in p.target_modules if t not in heads], skeleton)
 
 
 def _family_targets(model) -> tuple[str, ...]:

@@ -25,7 +25,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from align_kit.config import build, load_recipe, parse_yaml
+from align_kit.config import build, load_recipe, read_yaml_file
 from align_kit.errors import AlignKitError, ConfigError
 from align_kit.stages import common, run_stage
 
@@ -63,9 +63,7 @@ class PipelineSpec:
 
 def load_pipeline(path: str | Path) -> tuple[PipelineSpec, Path]:
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: pipeline file not found")
-    raw = parse_yaml(path.read_text(encoding="utf-8"))
+    raw = read_yaml_file(path, "pipeline")
     try:
         spec = build(PipelineSpec, raw, "pipeline")
     except ConfigError as exc:

@@ -85,10 +85,28 @@ def train(trainer, output_dir: str | Path, resume: Path | None = None) -> None:
     count only after a step), so the result would differ from the uninterrupted run; load it instead.
     """
     check_processes_joined(trainer.accelerator)
+    # TRL writes a stub model card ("fine-tuned version of [None]") into the run folder at every checkpoint;
+    # the run's record is report.md, and `align-kit export` writes the real card
+    trainer.create_model_card = lambda *args, **kwargs: None
     ckpt = resume if resume is not None else last_checkpoint(output_dir)
+    quiet = _tied_keys_filter(trainer.model) if ckpt is not None else None
+    trainer_log = logging.getLogger("transformers.trainer")
+    if quiet is not None:
+        trainer_log.addFilter(quiet)
+    try:
+        _train(trainer, ckpt)
+    finally:
+        if quiet is not None:
+            trainer_log.removeFilter(quiet)
+
+
+def _train(trainer, ckpt: Path | None) -> None:
+    import pickle
+
     state_file = Path(ckpt) / "trainer_state.json" if ckpt else None
     if state_file is not None and state_file.exists():
         state = json.loads(state_file.read_text())
+        log.info("resuming from %s (step %s)", Path(ckpt).name, state.get("global_step"))
         # the run's own target when it sets max_steps (a resume_anyway run may have raised it), else the
         # checkpoint's (computed from the epochs when the run was started)
         target = trainer.args.max_steps if trainer.args.max_steps > 0 else state.get("max_steps", 0)
@@ -100,8 +118,6 @@ def train(trainer, output_dir: str | Path, resume: Path | None = None) -> None:
             trainer._load_from_checkpoint(str(ckpt))
             trainer.state = TrainerState.load_from_json(str(state_file))
             return
-    import pickle
-
     try:
         trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
     except pickle.UnpicklingError as exc:
@@ -110,6 +126,28 @@ def train(trainer, output_dir: str | Path, resume: Path | None = None) -> None:
         from align_kit.guards import refuse_unsafe
 
         raise refuse_unsafe(ckpt, exc) from None
+
+
+def _tied_keys_filter(model) -> logging.Filter | None:
+    """A filter for transformers' "missing keys ['lm_head.weight']" warning on resume when those keys are tied
+    to the input embeddings: a checkpoint stores a tied tensor once, and loading the embeddings restores both.
+
+    Any other missing key still warns."""
+    out, inp = model.get_output_embeddings(), model.get_input_embeddings()
+    if out is None or inp is None or out.weight is not inp.weight:
+        return None
+    tied = {n for n, p in model.named_parameters(remove_duplicate=False) if p is out.weight}
+    prefix = "There were missing keys in the checkpoint model loaded: "
+
+    class TiedKeys(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            msg = record.getMessage()
+            if not msg.startswith(prefix):
+                return True
+            keys = {k.strip(" '\"") for k in msg[len(prefix):].strip(" .[]").split(",")}
+            return not keys <= tied
+
+    return TiedKeys()
 
 
 def model_dir(output_dir: str | Path) -> Path:

@@ -166,3 +166,39 @@ def test_pipeline_stops_at_a_changed_stage_and_at_a_stage_whose_base_changed(run
     run_pipeline(path, {"first": ["trainer.max_steps=6"], "second": ["resume_anyway=true"]}, output_dir=str(out))
     second_overrides = json.loads((out / "second" / "manifest.json").read_text())["extra"]["run_identity"]["overrides"]
     assert [c.split(" ")[0] for c in second_overrides[0]["changed"]] == ["model.name_or_path"]
+
+
+def test_a_resume_says_so_without_the_tied_weights_warning(runs, tmp_path, caplog):
+    import logging
+
+    half = tmp_path / "half"
+    shutil.copytree(runs["half"], half)
+    warned: list[str] = []
+    seen = logging.Handler()
+    seen.emit = lambda record: warned.append(record.getMessage())
+    trainer_log = logging.getLogger("transformers.trainer")  # transformers' loggers do not reach caplog
+    trainer_log.addHandler(seen)
+    try:
+        with caplog.at_level(logging.INFO, logger="align_kit"):
+            run_stage(recipe_from_dict(_recipe(half, runs["data"])))
+    finally:
+        trainer_log.removeHandler(seen)
+    assert "resuming from checkpoint-2 (step 2)" in caplog.text
+    assert not [m for m in warned if "missing keys" in m]  # lm_head.weight is tied to the embeddings
+    assert not (half / "README.md").exists()  # no TRL stub card ("fine-tuned version of [None]")
+
+
+def test_the_tied_keys_filter_lets_other_missing_keys_through():
+    import logging
+
+    from align_kit.quickstart.model import build_model, build_tokenizer
+    from align_kit.stages.common import _tied_keys_filter
+
+    quiet = _tied_keys_filter(build_model(build_tokenizer()))
+
+    def shown(keys) -> bool:
+        msg = f"There were missing keys in the checkpoint model loaded: {keys}."
+        return quiet.filter(logging.LogRecord("transformers.trainer", 30, "", 0, msg, None, None))
+
+    assert not shown(["lm_head.weight"])
+    assert shown(["model.norm.weight"]) and shown(["lm_head.weight", "model.norm.weight"])

@@ -123,3 +123,21 @@ def test_cli_export_writes_card_and_push_dry_run_lists_it(lora_run, tmp_path, ca
     printed = capsys.readouterr().out
     assert "would upload 7 files" in printed and "(private)" in printed and "+ README.md" in printed
     assert main(["export", str(run_dir), "--out", str(out)]) == 2  # exists: refused without --overwrite
+
+
+def test_staged_export_gets_the_usual_file_modes(tmp_path):
+    """mkdtemp's 0700 folder and a 0600 file become what mkdir / open give under the umask."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from align_kit.export import _usual_modes
+
+    staging = Path(tempfile.mkdtemp(dir=tmp_path))
+    (staging / "model.safetensors").write_bytes(b"x")
+    (staging / "model.safetensors").chmod(0o600)
+    mask = os.umask(0)
+    os.umask(mask)
+    _usual_modes(staging)
+    assert staging.stat().st_mode & 0o777 == 0o777 & ~mask
+    assert (staging / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~mask
