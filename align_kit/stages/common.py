@@ -31,6 +31,11 @@ def trainer_defaults(recipe) -> dict:
         # fault from guards.NumericalGuard: log the real value.
         "logging_nan_inf_filter": t.get("logging_nan_inf_filter", False),
     }
+    if recipe.stage == "dpo":
+        # TRL's default (keep_start) cuts a long pair at its end, so the replies lose their end-of-turn
+        # token, and drops pairs whose prompt fills max_length uncounted; keep_end cuts the prompt instead
+        # (data.long_rows: drop then drops long pairs itself, counted: account_trl_rows)
+        d["truncation_mode"] = t.get("truncation_mode", "keep_end")
     if d["gradient_checkpointing"]:
         d["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
     if recipe.stage == "reward" and not cuda and not {"per_device_train_batch_size", "gradient_accumulation_steps"} & set(t):
@@ -40,6 +45,28 @@ def trainer_defaults(recipe) -> dict:
         # (above TRL's defaults with their checkpointing and bf16) to 0.9 GB, without recomputation.
         d["per_device_train_batch_size"], d["gradient_accumulation_steps"] = 2, 4
     return d
+
+
+def account_trl_rows(trainer, rows_in: int, how: str) -> dict:
+    """Count what TRL's preference trainers drop or cut (DPO, KTO tokenise and truncate the rows themselves),
+    and with ``data.long_rows: drop`` drop the rows longer than ``max_length`` here, counted.
+
+    Returns ``{"rows", "dropped_by_trl", "dropped", "truncated_prompt" | "truncated_reply_end"}``."""
+    ds, max_length = trainer.train_dataset, trainer.args.max_length
+    counts = {"rows": rows_in, "dropped_by_trl": rows_in - len(ds), "dropped": 0}
+    if max_length is not None and "prompt_ids" in ds.column_names:
+        replies = [c for c in ("chosen_ids", "rejected_ids", "completion_ids") if c in ds.column_names]
+        longest = [max(len(x) for x in xs) for xs in zip(*(ds[c] for c in replies))]
+        long = [len(p) + r > max_length for p, r in zip(ds["prompt_ids"], longest)]
+        if how == "drop":
+            trainer.train_dataset = ds.select([i for i, too_long in enumerate(long) if not too_long])
+            counts["dropped"] = sum(long)
+        else:  # keep_end (align_kit's DPO default) cuts the prompt; keep_start the end of the replies
+            side = "prompt" if getattr(trainer.args, "truncation_mode", "keep_start") == "keep_end" else "reply_end"
+            counts[f"truncated_{side}"] = sum(long)
+    if counts["dropped_by_trl"] or counts["dropped"] or any(k.startswith("truncated") and v for k, v in counts.items()):
+        log.warning("train rows longer than max_length=%s: %s", max_length, counts)
+    return counts
 
 
 def complete_checkpoints(output_dir: str | Path) -> list[Path]:

@@ -188,6 +188,7 @@ def _train(recipe, trainer_cls, train_rows: list[dict], eval_pairs: list[dict], 
     out = Path(recipe.output_dir)
     run_info = start_run(recipe, data, extra={"reference": mode, "train_rows": len(train_rows)})
     trainer = build_trainer(recipe, trainer_cls, train_rows, tokenizer, mode)
+    run_info.extra["long_rows"] = common.account_trl_rows(trainer, len(train_rows), recipe.data.long_rows)
     evals: dict = {"reference": mode}
     main = trainer.is_world_process_zero()
     before = evaluate_policy(trainer.model, tokenizer, eval_pairs, recipe.options) if main else None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 
+import pytest
 import yaml
 
 from align_kit.cli import main
@@ -88,3 +89,34 @@ def test_the_fitted_row_trains_its_reply_and_end_of_turn():
     trained = [t for t, m in zip(fitted.input_ids, fitted.assistant_masks) if m]
     assert trained == [t for t, m in zip(full.input_ids, full.assistant_masks) if m]  # the whole reply
     assert trained[-1] in stops
+
+
+def _pairs() -> list[dict]:
+    def pair(prompt: str, chosen: str, rejected: str) -> dict:
+        return {"prompt": [{"role": "user", "content": prompt}], "chosen": [{"role": "assistant", "content": chosen}],
+                "rejected": [{"role": "assistant", "content": rejected}]}
+
+    return [*(pair(f"Add {i} and 1.", str(i + 1), str(i + 2)) for i in range(6)),
+            pair("Count: " + "abc " * 40, "40", "41"),                # prompt fills max_length
+            pair("Say it.", "long " * 30, "short")]                    # reply longer than max_length
+
+
+@pytest.mark.parametrize("long_rows", ["truncate_prompt", "drop"])
+def test_dpo_counts_the_pairs_trl_would_cut_or_drop(long_rows, tmp_path, caplog):
+    """TRL's DPO default (keep_start) cut a long pair's replies at their end and dropped a pair whose prompt
+    filled max_length, uncounted. align_kit cuts the prompt side (keep_end) or drops, and counts either way."""
+    from align_kit.config import recipe_from_dict
+    from align_kit.stages import run_stage
+
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(p) + "\n" for p in _pairs()), encoding="utf-8")
+    raw = {"stage": "dpo", "output_dir": str(tmp_path / "run"), "model": {"name_or_path": "builtin:tiny-llama"},
+           "data": {"train": [{"path": str(tmp_path / "p.jsonl")}], "eval_fraction": 0, "long_rows": long_rows},
+           "trainer": {"per_device_train_batch_size": 2, "max_steps": 1, "max_length": MAX_LENGTH,
+                       "save_strategy": "no", "use_cpu": True, "logging_steps": 1}}
+    with caplog.at_level(logging.WARNING, logger="align_kit"):
+        run_stage(recipe_from_dict(raw))
+    counts = json.loads((tmp_path / "run" / "manifest.json").read_text())["extra"]["long_rows"]
+    expected = {"rows": 8, "dropped_by_trl": 0, "dropped": 0}
+    expected.update({"truncated_prompt": 2} if long_rows == "truncate_prompt" else {"dropped": 2})
+    assert counts == expected
+    assert f"train rows longer than max_length={MAX_LENGTH}" in caplog.text
