@@ -10,8 +10,9 @@ What is in the identity (``parts``, a flat ``{dotted key: value}`` mapping):
 
 - the recipe as resolved (defaults filled in), without keys that change how a run is logged but not what it
   trains (:data:`COSMETIC`) and without ``output_dir`` (a run may be moved);
-- local paths by content, not by name: ``model.name_or_path`` and ``<stage>.reward_model`` folders and
-  ``data.<split>[i]`` files become a sha256 of their files, so the same model under another folder is the same
+- local paths by content, not by name: ``model.name_or_path``, files and folders named in the stage's block
+  (``ppo.reward_model``, ``pretrain.extend_vocab.tokens_file``) and ``data.<split>[i]`` files become a sha256
+  of their files, so the same model under another folder is the same
   run and a retrained model under the same folder is not;
 - ``align_kit.version``.
 
@@ -117,7 +118,8 @@ def identity_parts(recipe) -> dict:
             continue
         if re.fullmatch(r"data\.(train|eval)\[\d+\]\.path", key) and value and Path(value).exists():
             value = "<content below>"  # the path moves with the file; its bytes are what counts
-        elif MODEL_PATH_KEYS.match(key) and isinstance(value, str) and Path(value).exists():
+        elif (MODEL_PATH_KEYS.match(key) or key.startswith(f"{recipe.stage}.")) and isinstance(value, str) \
+                and value and Path(value).exists():  # stage options naming files (a vocabulary, a reward model)
             folder = Path(value)  # a stage's folder stands for its model/ (as the stages read it)
             value = content_digest(folder / "model" if (folder / "model" / "config.json").exists() else folder)
         parts[key] = value
