@@ -97,6 +97,7 @@ def content_digest(path: Path) -> str:
 
 def _data_parts(recipe) -> dict:
     """``data.<split>[i].content``: the bytes each data source reads (Hub datasets by id and split)."""
+    from align_kit.data.cards import get_card
     from align_kit.data.sources import resolve
 
     parts = {}
@@ -105,6 +106,10 @@ def _data_parts(recipe) -> dict:
             location, _, _ = resolve(src, for_training=split == "train")
             key = f"data.{split}[{i}].content"
             parts[key] = content_digest(Path(location)) if Path(location).exists() else location
+            if src.name is not None:  # what the card says about the data (a Hub revision), not its prose
+                card = get_card(src.name)
+                parts[f"data.{split}[{i}].card"] = {"source": card.source, "splits": card.splits,
+                                                    "columns": card.columns, "format": card.format}
     return parts
 
 
