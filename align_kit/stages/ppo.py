@@ -162,7 +162,11 @@ def run(recipe) -> Path:
     common.check_processes_joined(acc)
     models = build_models(cfg, str(policy_dir), str(reward_dir), dtype=resolve_dtype(recipe.model.dtype),
                           pad_token_id=tokenizer.pad_token_id)
-    run_info = start_run(recipe, data, extra={"train_prompts": len(train_ids), "eval_prompts": len(eval_ids)})
+    run_info = start_run(recipe, data, extra={
+        "train_prompts": len(train_ids), "eval_prompts": len(eval_ids),
+        # prompts over max_prompt_length are dropped by encode_prompts (logged there): counted here too
+        "long_prompts_dropped": {"train": len(data.train) - len(train_ids),
+                                 "eval": len(data.eval[: opts.eval_prompts]) - len(eval_ids)}})
     verify = load_callable(opts.verifier) if opts.verifier else None
     demos = None
     if cfg.ptx_coef > 0:
