@@ -202,6 +202,13 @@ def mismatch_error(where: str, out: Path, changed: list[str]) -> ConfigError:
         f"in {IDENTITY_NAME} and manifest.json)")
 
 
+def check(recipe) -> None:
+    """What :func:`check_and_record` would refuse, without writing anything (``align-kit train --check``)."""
+    _, changed = compare(recipe)
+    if changed and not getattr(recipe, OVERRIDE_KEY, False):
+        raise mismatch_error("", Path(recipe.output_dir), changed)
+
+
 def check_and_record(recipe) -> dict:
     """Stop when ``recipe.output_dir`` holds a run with another identity (unless ``resume_anyway``), then
     write this recipe's identity there. Returns the record (also put in the manifest by ``runlog``)."""

@@ -71,6 +71,9 @@ def cmd_train(args) -> int:
         raise ConfigError(f"train: unknown option {unknown[0]} (options: {', '.join(flags)}); overrides are key=value")
     recipe = load_recipe(args.recipe, [*overrides, *(["resume_anyway=true"] if resume_anyway else [])])
     if check:
+        from align_kit.identity import check as check_identity
+
+        check_identity(recipe)  # a folder holding another run would stop the real run: --check says so too
         print(f"{args.recipe}: valid {recipe.stage} recipe")
         return 0
     out = run_stage(recipe)

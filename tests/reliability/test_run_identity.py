@@ -128,10 +128,11 @@ def test_cli_refuses_with_one_line_and_resumes_anyway_with_the_flag(runs, tmp_pa
     recipe.write_text(yaml.safe_dump(_recipe(finished, runs["data"])))
     cmd = [sys.executable, "-m", "align_kit", "train", str(recipe), "trainer.learning_rate=1e-5"]
     env = {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
-    refused = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
-    assert refused.returncode == 2 and "Traceback" not in refused.stderr
-    lines = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "trainer.learning_rate (0.003 -> 1e-05)" in lines[0]
+    for extra in ([], ["--check"]):  # --check refuses what the run would
+        refused = subprocess.run([*cmd, *extra], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr
+        lines = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+        assert len(lines) == 1 and "trainer.learning_rate (0.003 -> 1e-05)" in lines[0]
     done = subprocess.run([*cmd, "--resume-anyway"], capture_output=True, text=True, env=env, cwd=tmp_path,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
