@@ -22,7 +22,7 @@ from collections import Counter
 from pathlib import Path
 
 from align_kit.data.decontam import DecontamConfig, load_eval_items
-from align_kit.data.io import file_kind
+from align_kit.data.io import file_kind, split_lines
 from align_kit.data.trove.spec import DEDUP, PipelineSpec, fingerprint
 from align_kit.errors import ConfigError, DataError
 
@@ -285,7 +285,8 @@ def read_kept(folder: str | Path) -> list[dict]:
     rows = []
     for path in sorted(Path(folder, "kept").glob("*")):
         if path.suffix == ".jsonl":
-            rows += [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+            # split on "\n" only: a kept text may hold U+2028 / U+0085, which str.splitlines would cut at
+            rows += [json.loads(line) for line in split_lines(path.read_text(encoding="utf-8")) if line.strip()]
         elif path.suffix == ".parquet":
             import pyarrow.parquet as pq
 
