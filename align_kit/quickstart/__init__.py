@@ -15,35 +15,37 @@ from pathlib import Path
 CARD_FILES = {"quickstart-tasks": ("sft", "messages"), "quickstart-preferences": ("pref", "preference")}
 
 
-def seed_overrides(pipeline: str | Path, seed: int, data_dir: str | Path) -> dict[str, list[str]]:
-    """Draw the quickstart data from ``seed`` into ``data_dir`` and return, per stage of ``pipeline``, the
-    overrides that train on it: each ``quickstart-*`` card source becomes the drawn file, and the stage's
-    ``seed`` becomes its recipe's seed + ``seed``. Seed 0 is the shipped data (and recipe seeds).
-    """
+def recipe_seed_overrides(recipe: str | Path, seed: int, data_dir: str | Path) -> list[str]:
+    """Overrides that train ``recipe`` on the data drawn from ``seed`` in ``data_dir`` (``tasks.write_files``):
+    each ``quickstart-*`` card source becomes the drawn file, and ``seed`` becomes the recipe's seed + ``seed``."""
     from align_kit.config import parse_yaml
     from align_kit.errors import ConfigError
+
+    data_dir = Path(data_dir).resolve()
+    raw = parse_yaml(Path(recipe).read_text(encoding="utf-8"))
+    items = [f"seed={int(raw.get('seed', 42)) + seed}"]
+    for key in ("train", "eval"):
+        sources = []
+        for src in (raw.get("data") or {}).get(key) or []:
+            if src.get("name") in CARD_FILES:
+                stem, fmt = CARD_FILES[src["name"]]
+                split = src.get("split", key)
+                if split not in ("train", "test"):
+                    raise ConfigError(f"{recipe}: data.{key}: quickstart split {split!r}: expected train or test")
+                src = {**{k: v for k, v in src.items() if k not in ("name", "split")},
+                       "path": str(data_dir / f"{stem}_{split}.jsonl"), "format": fmt}
+            sources.append(src)
+        if sources:
+            items.append(f"data.{key}={json.dumps(sources)}")
+    return items
+
+
+def seed_overrides(pipeline: str | Path, seed: int, data_dir: str | Path) -> dict[str, list[str]]:
+    """Draw the quickstart data from ``seed`` into ``data_dir`` and return, per stage of ``pipeline``, the
+    ``recipe_seed_overrides`` that train on it. Seed 0 is the shipped data (and recipe seeds)."""
     from align_kit.pipeline import load_pipeline
     from align_kit.quickstart import tasks
 
-    data_dir = Path(data_dir).resolve()
     tasks.write_files(data_dir, seed=seed)
     spec, base = load_pipeline(pipeline)
-    out: dict[str, list[str]] = {}
-    for stage in spec.stages:
-        raw = parse_yaml((base / stage.recipe).read_text(encoding="utf-8"))
-        items = [f"seed={int(raw.get('seed', 42)) + seed}"]
-        for key in ("train", "eval"):
-            sources = []
-            for src in (raw.get("data") or {}).get(key) or []:
-                if src.get("name") in CARD_FILES:
-                    stem, fmt = CARD_FILES[src["name"]]
-                    split = src.get("split", key)
-                    if split not in ("train", "test"):
-                        raise ConfigError(f"{stage.recipe}: data.{key}: quickstart split {split!r}: expected train or test")
-                    src = {**{k: v for k, v in src.items() if k not in ("name", "split")},
-                           "path": str(data_dir / f"{stem}_{split}.jsonl"), "format": fmt}
-                sources.append(src)
-            if sources:
-                items.append(f"data.{key}={json.dumps(sources)}")
-        out[stage.name] = items
-    return out
+    return {stage.name: recipe_seed_overrides(base / stage.recipe, seed, data_dir) for stage in spec.stages}
