@@ -158,3 +158,101 @@ def gae(
         next_value = values[:, t]
     returns = (advantages + values) * mask_f
     return advantages, returns
+
+
+# ---- critic-free estimators: a baseline from the other responses to the same prompt ------------------------
+# Rows come in groups: ``B = n_prompts x G`` responses, the ``G`` responses to one prompt next to each other
+# (rows ``g*G .. g*G + G - 1``). Every group-level function below works on the ``(B,)`` sequence scores.
+
+
+def group_scores(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    """``(B,)`` scores as ``(B / G, G)``: one row per prompt.
+
+    >>> group_scores(torch.tensor([1.0, 2.0, 3.0, 4.0]), 2).tolist()
+    [[1.0, 2.0], [3.0, 4.0]]
+    """
+    if scores.ndim != 1 or scores.shape[0] % group_size:
+        raise ValueError(f"{tuple(scores.shape)} scores do not split into groups of {group_size}")
+    return scores.view(-1, group_size)
+
+
+def all_equal_groups(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    """``(B / G,)`` bool: groups whose rewards are all equal, which carry no signal for a group baseline
+    (every advantage is 0) and which DAPO's dynamic sampling drops.
+
+    >>> all_equal_groups(torch.tensor([1.0, 1.0, 0.0, 1.0]), 2).tolist()
+    [True, False]
+    """
+    grouped = group_scores(scores, group_size)
+    return (grouped == grouped[:, :1]).all(dim=1)
+
+
+def group_baseline_scores(scores: torch.Tensor, group_size: int, estimator: str, scale: bool = True,
+                          eps: float = 1e-4) -> torch.Tensor:
+    """Sequence-level advantages ``(B,)`` of the critic-free estimators, from ``(B,)`` scores in groups of ``G``.
+
+    - ``grpo`` (Shao et al. 2024): ``(r - mean_g) / (std_g + eps)`` with the unbiased group std; with
+      ``scale=False``, Dr. GRPO (Liu et al. 2025): ``r - mean_g``, no division (the std favours easy and
+      hopeless prompts, whose groups vary little).
+    - ``rloo`` (Ahmadian et al. 2024): ``r - mean of the other G - 1`` = ``G / (G - 1) x (r - mean_g)``.
+    - ``reinforce_pp_baseline``: ``r - mean_g`` (whitened over the batch later, as REINFORCE++ does).
+    - ``reinforce_pp``: ``r`` unchanged (REINFORCE++ has no group baseline; its batch whitening centres it).
+
+    A group whose scores are all equal gets 0 from every estimator but ``reinforce_pp``.
+
+    >>> s = torch.tensor([1.0, 0.0, 0.0, 1.0])   # one group of 4: mean 0.5, unbiased std 1/sqrt(3)
+    >>> [round(v, 3) for v in group_baseline_scores(s, 4, "grpo").tolist()]   # 0.5 / 0.57735
+    [0.866, -0.866, -0.866, 0.866]
+    >>> [round(v, 4) for v in group_baseline_scores(s, 4, "rloo").tolist()]   # 1 - 1/3, 0 - 2/3
+    [0.6667, -0.6667, -0.6667, 0.6667]
+    """
+    grouped = group_scores(scores, group_size)
+    mean = grouped.mean(dim=1, keepdim=True)
+    if estimator == "grpo":
+        out = grouped - mean
+        if scale:  # an all-equal group has std 0 and stays 0 (not 0 / eps, nor 0 / 0 with eps 0)
+            std = grouped.std(dim=1, keepdim=True)
+            out = torch.where(std > 0, out / (std + eps), torch.zeros_like(out))
+    elif estimator == "rloo":
+        out = grouped - (grouped.sum(dim=1, keepdim=True) - grouped) / (group_size - 1)
+    elif estimator == "reinforce_pp_baseline":
+        out = grouped - mean
+    elif estimator == "reinforce_pp":
+        out = grouped
+    else:
+        raise ValueError(f"unknown critic-free estimator {estimator!r}")
+    return out.reshape(-1)
+
+
+def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
+    """``G_t = r_t + gamma * G_{t+1}`` over the real tokens of each ``(B, T)`` row (0 at padding): the
+    REINFORCE return, i.e. GAE with ``lam = 1`` and no critic.
+
+    >>> r = discounted_returns(torch.tensor([[-0.1, -0.2, 1.0, 9.0]]), torch.tensor([[1, 1, 1, 0]]))
+    >>> [round(v, 6) for v in r[0].tolist()]   # 1.0 - 0.2 - 0.1, 1.0 - 0.2, 1.0, padding
+    [0.7, 0.8, 1.0, 0.0]
+    """
+    valid = mask.bool()
+    rewards = torch.where(valid, rewards, torch.zeros_like(rewards))
+    returns = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        running = (rewards[:, t] + gamma * running) * valid[:, t].to(rewards.dtype)
+        returns[:, t] = running
+    return returns
+
+
+def overlong_penalty(lengths: torch.Tensor, max_new_tokens: int, buffer: int, penalty: float = 1.0) -> torch.Tensor:
+    """DAPO's soft overlong punishment (Yu et al. 2025), ``(B,)`` values to add to the scores.
+
+    0 up to ``max_new_tokens - buffer`` tokens, then a linear ramp down to ``-penalty`` at ``max_new_tokens``:
+    the policy learns to finish before the cut instead of being scored on a truncated answer. ``buffer=0``
+    turns it off.
+
+    >>> overlong_penalty(torch.tensor([4, 6, 7, 8]), max_new_tokens=8, buffer=4).tolist()
+    [0.0, -0.5, -0.75, -1.0]
+    """
+    if buffer <= 0:
+        return torch.zeros(lengths.shape, dtype=torch.float32, device=lengths.device)
+    over = (lengths.float() - (max_new_tokens - buffer)).clamp(min=0.0, max=float(buffer))
+    return -penalty * over / buffer + 0.0  # + 0.0 turns -0.0 into 0.0

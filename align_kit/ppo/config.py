@@ -1,9 +1,13 @@
-"""The PPO trainer's settings: one dataclass, one comment per field, validated on construction.
+"""The RL trainer's settings (PPO, GRPO, RLOO, REINFORCE++): one dataclass, one comment per field, validated
+on construction, so a recipe's ``--check`` refuses what a run would refuse.
 
-Batch arithmetic (per process): each step samples ``batch_size`` prompts, so ``batch_size x processes``
-episodes per step; each PPO epoch cuts them into minibatches of ``mini_batch_size`` rows and takes
-one optimiser step every ``gradient_accumulation_steps`` minibatches. E.g. 16 prompts, minibatch 4,
-accumulation 2: 16 / (4 x 2) = 2 optimiser steps per epoch, x ``ppo_epochs`` per PPO step.
+Batch arithmetic (per process): each step samples ``batch_size`` prompts and ``num_generations`` responses to
+each, so ``batch_size x num_generations`` rows per process and ``x processes`` episodes per step. A prompt's
+group of responses is generated, scored and given its advantages on one process, before any minibatch is cut,
+so no baseline depends on how rows are split. Each epoch cuts the rows into minibatches of
+``mini_batch_size`` rows and takes one optimiser step every ``gradient_accumulation_steps`` minibatches.
+E.g. 4 prompts x 8 generations = 32 rows, minibatch 8, accumulation 2: 32 / (8 x 2) = 2 optimiser steps per
+epoch, x ``ppo_epochs`` per step.
 """
 
 from __future__ import annotations
@@ -12,6 +16,11 @@ from dataclasses import asdict, dataclass, field, fields
 
 from align_kit.errors import ConfigError
 from align_kit.ppo.kl import KL_ESTIMATORS
+
+# advantage estimator -> whether it needs a critic (a learned value model with its own optimiser)
+ESTIMATORS = {"gae": True, "grpo": False, "rloo": False, "reinforce_pp": False, "reinforce_pp_baseline": False}
+GROUP_ESTIMATORS = ("grpo", "rloo", "reinforce_pp_baseline")  # baselines taken within a prompt's group
+LOSS_AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "constant")
 
 
 @dataclass
@@ -24,10 +33,14 @@ class PPOConfig:
     lora_alpha: int = 32  # LoRA scaling numerator (scale = alpha / r)
     lora_dropout: float = 0.0  # dropout on LoRA inputs; 0 keeps rollout and update forwards identical
     lora_target_modules: list[str] | None = None  # None: every linear layer of the attention and MLP blocks
+    # --- estimator
+    advantage_estimator: str = "gae"  # gae (critic) | grpo | rloo | reinforce_pp | reinforce_pp_baseline (no critic)
+    num_generations: int = 1  # responses per prompt (a group); grpo, rloo, reinforce_pp_baseline need >= 2
+    scale_rewards: bool = True  # grpo: divide by the group's std; false = Dr. GRPO (centred only)
     # --- schedule
-    steps: int = 20  # PPO steps (rollout + update) in the run
-    batch_size: int = 8  # prompts per process per step
-    mini_batch_size: int = 4  # rows per forward/backward in the update
+    steps: int = 20  # RL steps (rollout + update) in the run
+    batch_size: int = 8  # prompts per process per step (x num_generations rows)
+    mini_batch_size: int = 4  # rows (responses) per forward/backward in the update
     gradient_accumulation_steps: int = 1  # minibatches per optimiser step
     ppo_epochs: int = 2  # passes over each rollout batch
     learning_rate: float = 1e-5  # policy learning rate
@@ -47,8 +60,9 @@ class PPOConfig:
     # --- rewards, KL and advantages
     score_norm: str = "none"  # "none" or "batch": whiten the scores within each rollout batch
     score_clip: float | None = None  # clip scores to [-score_clip, score_clip] after normalising
-    kl_estimator: str = "k1"  # per-token KL in the reward: "k1", "k2" or "k3" (see ppo/kl.py)
-    kl_coef: float = 0.05  # beta, the KL penalty weight (initial value if adaptive)
+    kl_estimator: str = "k1"  # per-token KL estimator: "k1", "k2" or "k3" (see ppo/kl.py); k3 for kl_in loss
+    kl_in: str = "reward"  # "reward": -kl_coef x KL per token in the reward (PPO); "loss": + kl_coef x KL term (GRPO)
+    kl_coef: float = 0.05  # beta, the KL penalty weight (initial value if adaptive); 0 = no KL at all
     adaptive_kl: bool = False  # Ziegler et al. 2019 controller towards kl_target
     kl_target: float = 6.0  # adaptive target for the mean per-response KL (k3 summed over tokens, nats)
     kl_horizon: float = 10000.0  # episodes over which the controller closes the error
@@ -56,7 +70,13 @@ class PPOConfig:
     gamma: float = 1.0  # discount
     lam: float = 0.95  # GAE lambda
     whiten_advantages: bool = True  # normalise advantages per batch (mean 0, std 1 over real tokens)
-    clip_range: float = 0.2  # PPO ratio clip epsilon
+    clip_range: float = 0.2  # PPO ratio clip epsilon (both sides unless the next two are set)
+    clip_range_low: float | None = None  # ratio floor 1 - this; None = clip_range
+    clip_range_high: float | None = None  # ratio ceiling 1 + this; None = clip_range (DAPO clip-higher: 0.28)
+    loss_aggregation: str = "token_mean"  # token_mean (DAPO) | seq_mean_token_mean (GRPO) | constant (Dr. GRPO)
+    dynamic_sampling: bool = False  # drop groups whose rewards are all equal from the loss (DAPO); logged
+    overlong_buffer: int = 0  # DAPO soft overlong penalty: the last N tokens before max_new_tokens ramp it in
+    overlong_penalty: float = 1.0  # the penalty at max_new_tokens (0 at max_new_tokens - overlong_buffer)
     clip_range_value: float = 0.2  # value clip epsilon (reward units)
     vf_coef: float = 0.1  # value-loss weight in the combined loss
     entropy_coef: float = 0.0  # entropy bonus weight (subtracted from the loss)
@@ -77,20 +97,45 @@ class PPOConfig:
             "memory_mode": ("separate", "lora"), "critic_init": ("reward", "policy"),
             "lr_scheduler": ("constant", "linear"), "score_norm": ("none", "batch"),
             "kl_estimator": KL_ESTIMATORS, "approx_kl_estimator": ("k3", "sq"),
+            "advantage_estimator": tuple(ESTIMATORS), "kl_in": ("reward", "loss"),
+            "loss_aggregation": LOSS_AGGREGATIONS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"ppo: {name} = {getattr(self, name)!r}; expected one of {list(allowed)}")
         positive = ("steps", "batch_size", "mini_batch_size", "gradient_accumulation_steps", "ppo_epochs",
-                    "max_new_tokens", "logging_steps", "sample_steps", "save_steps", "lora_r")
+                    "max_new_tokens", "logging_steps", "sample_steps", "save_steps", "lora_r", "num_generations")
         for name in positive:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"ppo: {name} = {getattr(self, name)!r}; expected a positive integer")
         per_update = self.mini_batch_size * self.gradient_accumulation_steps
-        if self.batch_size % per_update:
+        if self.rows_per_process % per_update:
             raise ConfigError(
-                f"ppo: batch_size {self.batch_size} is not a multiple of mini_batch_size x "
+                f"ppo: batch_size x num_generations = {self.batch_size} x {self.num_generations} = "
+                f"{self.rows_per_process} rows per process is not a multiple of mini_batch_size x "
                 f"gradient_accumulation_steps = {self.mini_batch_size} x {self.gradient_accumulation_steps}")
+        if self.advantage_estimator in GROUP_ESTIMATORS and self.num_generations < 2:
+            raise ConfigError(f"ppo: advantage_estimator {self.advantage_estimator!r} takes its baseline within a "
+                              f"prompt's group; num_generations = {self.num_generations}, expected >= 2")
+        if self.dynamic_sampling and self.num_generations < 2:
+            raise ConfigError("ppo: dynamic_sampling drops groups whose rewards are all equal; it needs "
+                              f"num_generations >= 2, found {self.num_generations}")
+        for name in ("kl_coef", "vf_coef"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ConfigError(f"ppo: {name} = {value!r}; expected a number >= 0 (0 turns it off)")
+        for name in ("clip_range_low", "clip_range_high"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"ppo: {name} = {value!r}; expected a positive number (or null for clip_range)")
+        if self.clip_range_low is not None and self.clip_range_low >= 1:
+            raise ConfigError(f"ppo: clip_range_low = {self.clip_range_low}; expected < 1 (the ratio floor is "
+                              "1 - clip_range_low)")
+        if not 0 <= self.overlong_buffer < self.max_new_tokens:
+            raise ConfigError(f"ppo: overlong_buffer = {self.overlong_buffer}; expected 0 (off) up to "
+                              f"max_new_tokens - 1 = {self.max_new_tokens - 1}")
+        if self.overlong_penalty < 0:
+            raise ConfigError(f"ppo: overlong_penalty = {self.overlong_penalty}; expected a number >= 0")
         if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
             raise ConfigError("ppo: sampling needs temperature > 0, 0 < top_p <= 1 and top_k >= 0")
         if not 0 <= self.gamma <= 1 or not 0 <= self.lam <= 1:
@@ -108,9 +153,25 @@ class PPOConfig:
                               "so critic_init must be 'reward'")
 
     @property
+    def uses_critic(self) -> bool:
+        """Whether the estimator learns a value model (only ``gae``); the others build no critic or its optimiser."""
+        return ESTIMATORS[self.advantage_estimator]
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether any KL to the reference is used (penalty, controller or limit); if not, no reference is loaded
+        or run, and the logged ``kl`` is 0."""
+        return self.kl_coef > 0 or self.adaptive_kl or self.kl_limit is not None
+
+    @property
+    def rows_per_process(self) -> int:
+        """Responses per process per step: batch_size prompts x num_generations."""
+        return self.batch_size * self.num_generations
+
+    @property
     def updates_per_epoch(self) -> int:
-        """Optimiser steps per PPO epoch: batch_size / (mini_batch_size x gradient_accumulation_steps)."""
-        return self.batch_size // (self.mini_batch_size * self.gradient_accumulation_steps)
+        """Optimiser steps per epoch: batch_size x num_generations / (mini_batch_size x gradient_accumulation_steps)."""
+        return self.rows_per_process // (self.mini_batch_size * self.gradient_accumulation_steps)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,8 +1,8 @@
-"""One PPO batch of experience: what a rollout produced and what GAE derived from it.
+"""One RL batch of experience: what a rollout produced and what the advantage estimator derived from it.
 
-Shapes: ``B`` responses (one per prompt), ``P`` prompt tokens (left-padded), ``T`` response tokens
-(right-padded after the EOS). Rows of ``query_ids + response_ids`` are the full sequences the
-policy saw, ``(B, P + T)``.
+Shapes: ``B`` responses = prompts x ``G`` (``num_generations``), the ``G`` responses to one prompt in
+adjacent rows (a group); ``P`` prompt tokens (left-padded), ``T`` response tokens (right-padded after
+the EOS). Rows of ``query_ids + response_ids`` are the full sequences the policy saw, ``(B, P + T)``.
 """
 
 from __future__ import annotations
@@ -20,14 +20,22 @@ class Experience:
     response_mask: torch.Tensor  # (B, T) long, 1 = real response token (the EOS included)
     logprobs: torch.Tensor  # (B, T) float, policy log-probs of the response tokens at rollout time
     ref_logprobs: torch.Tensor  # (B, T) float, reference log-probs of the same tokens
-    values: torch.Tensor  # (B, T) float, critic V(s_t) of the state before response token t
-    scores: torch.Tensor  # (B,) float, reward-model scores after the missing-EOS penalty and normalisation
-    raw_scores: torch.Tensor  # (B,) float, reward-model scores as the model gave them (for logging)
+    values: torch.Tensor  # (B, T) float, critic V(s_t) of the state before response token t (0 without a critic)
+    scores: torch.Tensor  # (B,) float, rewards after the missing-EOS/overlong penalties and normalisation
+    raw_scores: torch.Tensor  # (B,) float, the weighted sum of the reward sources as they gave it (for logging)
     ended: torch.Tensor  # (B,) bool, whether the response contains a stop id
     kl: torch.Tensor | None = None  # (B, T) float, per-token KL estimate used in the reward
     rewards: torch.Tensor | None = None  # (B, T) float, -kl_coef * kl plus the score at the last real token
     advantages: torch.Tensor | None = None  # (B, T) float, GAE advantages (whitened when configured)
     returns: torch.Tensor | None = None  # (B, T) float, advantages + values before whitening: critic target
+    keep: torch.Tensor | None = None  # (B,) bool, rows in the loss (dynamic sampling drops all-equal groups)
+
+    @property
+    def loss_mask(self) -> torch.Tensor:
+        """``(B, T)`` the response mask with dropped rows zeroed: the tokens the losses average over."""
+        if self.keep is None:
+            return self.response_mask
+        return self.response_mask * self.keep.to(self.response_mask.dtype)[:, None]
 
     @property
     def input_ids(self) -> torch.Tensor:

@@ -1,8 +1,11 @@
-"""The PPO loop: rollout -> rewards and KL -> GAE -> several epochs of clipped updates, repeated.
+"""The RL loop: rollout -> rewards and KL -> advantages -> several epochs of clipped updates, repeated.
 
+One loop for PPO (GAE over a critic) and the critic-free estimators (GRPO, RLOO, REINFORCE++): the
+estimator changes which models exist and how advantages are made (``rollout.add_advantages``), nothing else.
 Runs on one process or many under ``accelerate launch``: each process samples its own prompts
-(``batch_size`` of them, a disjoint slice of the global batch), and the gradients of the policy and
-the critic are averaged by DDP. Metrics are averaged over processes before they are logged.
+(``batch_size`` of them, a disjoint slice of the global batch) and all ``num_generations`` responses to
+each, so a group is never split across processes; the gradients of the policy (and the critic) are
+averaged by DDP. Metrics are averaged over processes before they are logged.
 
 Outputs in ``output_dir``: ``ppo_log.jsonl`` (one line of metrics per logged step),
 ``samples.jsonl`` (decoded generations), ``checkpoint-N/`` (see ``checkpoint.py``) and ``model/``,
@@ -26,11 +29,12 @@ import torch
 from align_kit.data.tokenize import Tokenized
 from align_kit.errors import AlignKitError
 from align_kit.ppo import checkpoint
-from align_kit.ppo.advantages import masked_mean
+from align_kit.ppo.advantages import all_equal_groups, masked_mean
 from align_kit.ppo.config import PPOConfig
 from align_kit.ppo.experience import Experience
 from align_kit.ppo.kl import AdaptiveKLController, FixedKLController, kl_per_token
 from align_kit.ppo.losses import (
+    aggregate,
     entropy_from_logits,
     explained_variance,
     logprobs_of,
@@ -39,6 +43,7 @@ from align_kit.ppo.losses import (
     value_loss,
 )
 from align_kit.ppo.modelset import PPOModels, causal_logits, load_trainable_state, trainable_state
+from align_kit.ppo.rewards import Rewarder, RewardFunctionError
 from align_kit.ppo.rollout import add_advantages, generate, score_responses
 
 log = logging.getLogger(__name__)
@@ -85,15 +90,28 @@ class PPOTrainer:
     ``demonstrations`` (conversations tokenised as the SFT stage does, with their assistant masks) feed the
     PPO-ptx term when ``cfg.ptx_coef > 0``: each policy minibatch also takes ``mini_batch_size`` of them
     and adds ``ptx_coef`` times their SFT loss (the assistant tokens only).
+
+    ``rewarder`` (:class:`align_kit.ppo.rewards.Rewarder`) mixes reward functions, verifiers and the reward
+    model; without it the reward model's score is the reward. ``prompt_rows[i]`` is ``(text, reference)`` of
+    ``prompts[i]``: the last user message and the row's reference fields, which reward functions receive.
     """
 
     def __init__(self, cfg: PPOConfig, models: PPOModels, tokenizer, prompts: list[list[int]], output_dir,
                  accelerator=None, stop_token_ids: list[int] | None = None,
-                 demonstrations: list[Tokenized] | None = None):
+                 demonstrations: list[Tokenized] | None = None, rewarder: Rewarder | None = None,
+                 prompt_rows: list[tuple[str, dict]] | None = None):
         from accelerate import Accelerator
 
         if not prompts:
             raise AlignKitError("ppo: no prompts to train on")
+        if rewarder is None and not models.has_reward_model:
+            raise AlignKitError("ppo: no reward: give a reward model or reward functions")
+        if rewarder is not None and (prompt_rows is None or len(prompt_rows) != len(prompts)):
+            raise AlignKitError("ppo: reward functions need each prompt's text and reference fields (prompt_rows)")
+        if (models.critic is not None) != cfg.uses_critic:
+            raise AlignKitError(f"ppo: advantage_estimator {cfg.advantage_estimator!r} "
+                                f"{'needs' if cfg.uses_critic else 'takes no'} critic; the models were built for "
+                                "the other kind")
         if cfg.ptx_coef > 0 and not demonstrations:
             raise AlignKitError("ppo: ptx_coef > 0 needs demonstrations (prompt + reference answer) for the "
                                 "SFT term; none were given")
@@ -103,6 +121,7 @@ class PPOTrainer:
                                     f"{sum(demo.assistant_masks)} trained of {len(demo.assistant_masks)} mask entries; "
                                     "expected one mask entry per token and at least one trained token")
         self.cfg, self.models, self.tokenizer, self.prompts = cfg, models, tokenizer, prompts
+        self.rewarder, self.prompt_rows = rewarder, prompt_rows
         self.demonstrations = demonstrations or []
         self.output_dir = Path(output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -113,15 +132,21 @@ class PPOTrainer:
         if not self.stop_ids:
             raise AlignKitError("ppo: the tokenizer has no EOS and no stop_token_ids were given")
         self._seed(cfg.seed + self.acc.process_index)
-        self.policy, self.critic = self.acc.prepare(models.policy, models.critic)
+        # critic-free estimators build no critic and no critic optimiser (None throughout)
+        if models.critic is not None:
+            self.policy, self.critic = self.acc.prepare(models.policy, models.critic)
+        else:
+            self.policy, self.critic = self.acc.prepare(models.policy), None
         for frozen in (models.reference, models.reward):
             if frozen is not None and not getattr(frozen, "is_loaded_in_4bit", False):
                 frozen.to(self.acc.device)
-        self.opt_policy = self._optimizer(models.policy, cfg.learning_rate)
-        self.opt_critic = self._optimizer(models.critic, cfg.critic_learning_rate)
         total = cfg.steps * cfg.ppo_epochs * cfg.updates_per_epoch
+        self.opt_policy = self._optimizer(models.policy, cfg.learning_rate)
         self.sched_policy = self._scheduler(self.opt_policy, total)
-        self.sched_critic = self._scheduler(self.opt_critic, total)
+        self.opt_critic = self.sched_critic = None
+        if models.critic is not None:
+            self.opt_critic = self._optimizer(models.critic, cfg.critic_learning_rate)
+            self.sched_critic = self._scheduler(self.opt_critic, total)
         self.kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
                        else FixedKLController(cfg.kl_coef))
         self.step_done = 0
@@ -155,8 +180,13 @@ class PPOTrainer:
     # ---- data ---------------------------------------------------------------------------------------
 
     def _batch_prompts(self, step: int) -> list[list[int]]:
-        """This process's prompts for ``step`` (0-based): a function of the step alone, so resume needs no
-        data state. The global batch of ``batch_size x processes`` walks a seeded permutation per epoch."""
+        """This process's prompts for ``step`` (0-based), each ``num_generations`` times in adjacent rows."""
+        return [self.prompts[i] for i in self._batch_indices(step)]
+
+    def _batch_indices(self, step: int) -> list[int]:
+        """Indices of this process's prompts for ``step``: a function of the step alone, so resume needs no
+        data state. The global batch of ``batch_size x processes`` walks a seeded permutation per epoch; each
+        index is repeated ``num_generations`` times (one group, on this process)."""
         n, per, world = len(self.prompts), self.cfg.batch_size, self.acc.num_processes
         start = step * per * world + self.acc.process_index * per
         picked = []
@@ -165,7 +195,7 @@ class PPOTrainer:
             if self._order[0] != epoch:
                 gen = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
                 self._order = (epoch, torch.randperm(n, generator=gen).tolist())
-            picked.append(self.prompts[self._order[1][pos]])
+            picked += [self._order[1][pos]] * self.cfg.num_generations
         return picked
 
     # ---- one step -----------------------------------------------------------------------------------
@@ -173,16 +203,37 @@ class PPOTrainer:
     def step(self) -> dict:
         """One PPO step: rollout, advantages, ``ppo_epochs`` of minibatch updates. Returns averaged metrics."""
         cfg, acc = self.cfg, self.acc
-        query_ids, query_mask = left_pad(self._batch_prompts(self.step_done), self.pad_id)
-        policy_u, critic_u = acc.unwrap_model(self.policy), acc.unwrap_model(self.critic)
+        indices = self._batch_indices(self.step_done)
+        query_ids, query_mask = left_pad([self.prompts[i] for i in indices], self.pad_id)
+        policy_u = acc.unwrap_model(self.policy)
+        critic_u = acc.unwrap_model(self.critic) if self.critic is not None else None
         self.models.eval()
         query_ids, query_mask = query_ids.to(acc.device), query_mask.to(acc.device)
         clock = time.perf_counter()
         response_ids = generate(policy_u, query_ids, query_mask, cfg, self.stop_ids, self.pad_id)
         timings = {"time_generate": time.perf_counter() - clock}
         clock = time.perf_counter()
+        sources: dict[str, torch.Tensor] = {}
+        failure: list[str] = []
+        reward_fn = None
+        if self.rewarder is not None:
+            def reward_fn(ids, mask, model_scores):
+                texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+                rows = [self.prompt_rows[i] for i in indices]
+                try:
+                    total, parts = self.rewarder.score([r[0] for r in rows], texts, [r[1] for r in rows], model_scores)
+                except RewardFunctionError as exc:  # every process must learn of it before the next collective
+                    failure.append(str(exc))
+                    return torch.zeros(len(texts))
+                sources.update(parts)
+                return total
         exp = score_responses(self.models, policy_u, critic_u, query_ids, query_mask, response_ids, cfg,
-                              self.stop_ids, self.pad_id)
+                              self.stop_ids, self.pad_id, reward_fn=reward_fn)
+        if self.rewarder is not None:
+            failed = acc.reduce(torch.tensor(float(bool(failure)), device=acc.device), reduction="sum").item()
+            if failed:
+                self._stop(failure[0] if failure else "a reward function failed on another process (see its log)",
+                           advice="fix the function, or set ppo.reward_on_error: fallback, and resume")
         add_advantages(exp, cfg, self.kl_ctl.kl_coef)
         timings["time_score"] = time.perf_counter() - clock
         mask = exp.response_mask
@@ -190,23 +241,39 @@ class PPOTrainer:
         # estimator the reward uses: the controller, kl_limit and the logs all read this one number.
         k3 = kl_per_token(exp.logprobs, exp.ref_logprobs, "k3")
         seq_kl = torch.where(mask.bool(), k3, torch.zeros_like(k3)).sum(dim=1)
-        rollout_stats = torch.stack([
-            exp.raw_scores.mean(), exp.scores.mean(), seq_kl.mean(), mask.sum(1).float().mean(),
-            exp.ended.float().mean(), explained_variance(exp.values, exp.returns, mask) if mask.sum() > 1
-            else torch.tensor(0.0), masked_mean(exp.values, mask), masked_mean(exp.returns, mask)]).float()
+        names = ["score", "score_penalised", "kl", "response_length", "ended"]
+        values = [exp.raw_scores.mean(), exp.scores.mean(), seq_kl.mean(), mask.sum(1).float().mean(),
+                  exp.ended.float().mean()]
+        if self.critic is not None:
+            names += ["explained_variance", "value_mean", "return_mean"]
+            values += [explained_variance(exp.values, exp.returns, mask) if mask.sum() > 1 else torch.tensor(0.0),
+                       masked_mean(exp.values, mask), masked_mean(exp.returns, mask)]
+        for name, per_row in sources.items():  # each reward source on its own (raw values, before weights)
+            names.append(f"reward/{name}")
+            values.append(per_row.mean())
+        if cfg.num_generations > 1:  # how often a whole group agrees (no signal for a group baseline)
+            names.append("groups_all_equal")
+            values.append(all_equal_groups(exp.scores.float().cpu(), cfg.num_generations).float().mean())
+        rollout_stats = torch.stack([torch.as_tensor(v).float().cpu() for v in values])
         stats = acc.reduce(rollout_stats.to(acc.device), reduction="mean").tolist()
-        names = ["score", "score_penalised", "kl", "response_length", "ended", "explained_variance",
-                 "value_mean", "return_mean"]
         metrics = dict(zip(names, stats))
+        if cfg.dynamic_sampling:  # groups left out of the loss this step, over all processes
+            dropped = torch.tensor(float((~exp.keep).sum().item() // cfg.num_generations), device=acc.device)
+            metrics["groups_dropped"] = acc.reduce(dropped, reduction="sum").item()
+        if self.rewarder is not None and self.rewarder.on_error == "fallback":
+            counts = torch.tensor([float(self.rewarder.fallbacks[n]) for n in sorted(self.rewarder.fallbacks)],
+                                  device=acc.device)
+            for name, count in zip(sorted(self.rewarder.fallbacks), acc.reduce(counts, reduction="sum").tolist()):
+                metrics[f"reward_fallbacks/{name}"] = count  # running totals since this process started
         metrics["kl_coef"] = self.kl_ctl.kl_coef
-        self._guard(metrics, ("score", "kl", "value_mean"))
+        self._guard(metrics, ("score", "kl") + (("value_mean",) if self.critic is not None else ()))
         if cfg.kl_limit is not None and metrics["kl"] > cfg.kl_limit:
             self._stop(f"mean KL to the reference {metrics['kl']:.3f} exceeds kl_limit {cfg.kl_limit}")
         clock = time.perf_counter()
         metrics.update(self._update(exp))
         timings["time_update"] = time.perf_counter() - clock
         metrics.update(timings)  # seconds on the main process (the slowest rank sets the pace anyway)
-        self.kl_ctl.update(metrics["kl"], cfg.batch_size * acc.num_processes)
+        self.kl_ctl.update(metrics["kl"], cfg.rows_per_process * acc.num_processes)
         self.step_done += 1
         metrics["step"] = self.step_done
         if self.step_done % cfg.sample_steps == 0 or self.step_done == 1:
@@ -240,8 +307,8 @@ class PPOTrainer:
                         sums["ptx_loss"] = sums.get("ptx_loss", 0.0) + ptx.item()
                     with contextlib.ExitStack() as stack:
                         if not last:  # all-reduce gradients once per optimiser step, not per minibatch
-                            stack.enter_context(acc.no_sync(self.policy))
-                            stack.enter_context(acc.no_sync(self.critic))
+                            for model in self._trained():
+                                stack.enter_context(acc.no_sync(model))
                         loss, parts = self._minibatch_loss(mb, prompt_len)
                         finite &= bool(torch.isfinite(loss))
                         acc.backward(loss / cfg.gradient_accumulation_steps)
@@ -257,13 +324,12 @@ class PPOTrainer:
                     # processes so that all of them stop together; past 1.5 x target the update is dropped
                     kl_now = acc.reduce(torch.tensor(update_kl, device=acc.device), reduction="mean").item()
                     if kl_now > 1.5 * cfg.target_kl:
-                        self.opt_policy.zero_grad(set_to_none=True)
-                        self.opt_critic.zero_grad(set_to_none=True)
+                        for opt in self._optimizers():
+                            opt.zero_grad(set_to_none=True)
                         stopped = True
                         break
                 updates += 1
-                for model, opt, sched in ((self.policy, self.opt_policy, self.sched_policy),
-                                          (self.critic, self.opt_critic, self.sched_critic)):
+                for model, opt, sched in zip(self._trained(), self._optimizers(), self._schedulers()):
                     torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
                                                    cfg.max_grad_norm)
                     opt.step()
@@ -274,19 +340,41 @@ class PPOTrainer:
         out["updates"] = float(updates)  # optimiser steps taken; fewer than planned when target_kl stopped them
         return out
 
+    def _trained(self) -> list:
+        return [m for m in (self.policy, self.critic) if m is not None]
+
+    def _optimizers(self) -> list:
+        return [o for o in (self.opt_policy, self.opt_critic) if o is not None]
+
+    def _schedulers(self) -> list:
+        return [s for s in (self.sched_policy, self.sched_critic) if s is not None]
+
     def _minibatch_loss(self, mb: Experience, prompt_len: int) -> tuple[torch.Tensor, dict]:
-        cfg, mask = self.cfg, mb.response_mask
+        # loss_mask: the response tokens of the rows dynamic sampling kept (all of them when it is off)
+        cfg, mask = self.cfg, mb.loss_mask
         logits = causal_logits(self.policy, mb.input_ids, mb.attention_mask)[:, prompt_len - 1 : -1]
         logits = logits / cfg.temperature
         logprobs = logprobs_of(logits, mb.response_ids)
-        pg = policy_loss(logprobs, mb.logprobs, mb.advantages, mask, cfg.clip_range, cfg.approx_kl_estimator)
+        low = cfg.clip_range if cfg.clip_range_low is None else cfg.clip_range_low
+        high = cfg.clip_range if cfg.clip_range_high is None else cfg.clip_range_high
+        pg = policy_loss(logprobs, mb.logprobs, mb.advantages, mask, low, cfg.approx_kl_estimator,
+                         clip_range_high=high, aggregation=cfg.loss_aggregation, max_tokens=cfg.max_new_tokens)
         entropy = entropy_from_logits(logits, mask)
-        values = self.critic(mb.input_ids, mb.attention_mask)[:, prompt_len - 1 : -1]
-        vl = value_loss(values, mb.values, mb.returns, mask, cfg.clip_range_value)
-        loss = pg.loss + cfg.vf_coef * vl.loss - cfg.entropy_coef * entropy
-        parts = {"policy_loss": pg.loss.item(), "value_loss": vl.loss.item(), "clip_fraction": pg.clip_fraction.item(),
-                 "approx_kl": pg.approx_kl.item(), "entropy": entropy.item(), "value_clip_fraction":
-                 vl.clip_fraction.item()}
+        loss = pg.loss - cfg.entropy_coef * entropy
+        parts = {"policy_loss": pg.loss.item(), "clip_fraction": pg.clip_fraction.item(),
+                 "approx_kl": pg.approx_kl.item(), "entropy": entropy.item()}
+        if cfg.kl_in == "loss" and self.kl_ctl.kl_coef > 0:
+            # GRPO's KL term: the estimator (k3 in the recipes) between the current policy and the reference,
+            # with gradient, aggregated like the policy loss
+            kl = aggregate(kl_per_token(logprobs, mb.ref_logprobs, cfg.kl_estimator), mask, cfg.loss_aggregation,
+                           cfg.max_new_tokens)
+            loss = loss + self.kl_ctl.kl_coef * kl
+            parts["kl_loss"] = kl.item()
+        if self.critic is not None:
+            values = self.critic(mb.input_ids, mb.attention_mask)[:, prompt_len - 1 : -1]
+            vl = value_loss(values, mb.values, mb.returns, mask, cfg.clip_range_value)
+            loss = loss + cfg.vf_coef * vl.loss
+            parts.update(value_loss=vl.loss.item(), value_clip_fraction=vl.clip_fraction.item())
         return loss, parts
 
     def _ptx_loss(self, draw: torch.Generator) -> torch.Tensor:
@@ -304,10 +392,10 @@ class PPOTrainer:
         if bad:
             self._stop(f"{', '.join(bad)} became NaN or infinite")
 
-    def _stop(self, why: str) -> None:
+    def _stop(self, why: str, advice: str = "lower the learning rate or raise kl_coef and resume") -> None:
         kept = self.last_checkpoint.name if self.last_checkpoint else "none written yet"
         raise PPODivergedError(f"ppo stopped at step {self.step_done + 1}: {why}. The last good checkpoint "
-                               f"is kept ({kept}); lower the learning rate or raise kl_coef and resume.")
+                               f"is kept ({kept}); {advice}.")
 
     def _log_samples(self, exp: Experience) -> None:
         if not self.acc.is_main_process:
@@ -329,11 +417,12 @@ class PPOTrainer:
             return
         with open(self.output_dir / "ppo_log.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(metrics) + "\n")
+        critic = (f"  vf {metrics['value_loss']:.4f}  ev {metrics['explained_variance']:.3f}"
+                  if "value_loss" in metrics else "")
         log.info("step %d/%d  score %.3f  kl %.3f  kl_coef %.4f  entropy %.3f  clip %.3f  approx_kl %.4f  "
-                 "pg %.4f  vf %.4f  ev %.3f  len %.1f", metrics["step"], self.cfg.steps, metrics["score"],
-                 metrics["kl"], metrics["kl_coef"], metrics["entropy"], metrics["clip_fraction"],
-                 metrics["approx_kl"], metrics["policy_loss"], metrics["value_loss"],
-                 metrics["explained_variance"], metrics["response_length"])
+                 "pg %.4f%s  len %.1f", metrics["step"], self.cfg.steps, metrics["score"], metrics["kl"],
+                 metrics["kl_coef"], metrics["entropy"], metrics["clip_fraction"], metrics["approx_kl"],
+                 metrics["policy_loss"], critic, metrics["response_length"])
 
     # ---- checkpoints and the run -------------------------------------------------------------------------
 
@@ -350,12 +439,14 @@ class PPOTrainer:
         acc.wait_for_everyone()
         checkpoint.write_rng(tmp, acc.process_index)
         if acc.is_main_process:
-            optimizers = {"policy": self.opt_policy.state_dict(), "critic": self.opt_critic.state_dict(),
-                          "sched_policy": self.sched_policy.state_dict(), "sched_critic": self.sched_critic.state_dict()}
-            state = {"step": self.step_done, "episodes": self.step_done * self.cfg.batch_size * acc.num_processes,
+            optimizers = {"policy": self.opt_policy.state_dict(), "sched_policy": self.sched_policy.state_dict()}
+            critic_state = {}  # a critic-free run writes an empty critic.safetensors
+            if self.critic is not None:
+                optimizers.update(critic=self.opt_critic.state_dict(), sched_critic=self.sched_critic.state_dict())
+                critic_state = trainable_state(acc.unwrap_model(self.critic))
+            state = {"step": self.step_done, "episodes": self.step_done * self.cfg.rows_per_process * acc.num_processes,
                      "num_processes": acc.num_processes, "config": self.cfg.to_dict()}
-            checkpoint.write_files(tmp, trainable_state(acc.unwrap_model(self.policy)),
-                                   trainable_state(acc.unwrap_model(self.critic)), optimizers,
+            checkpoint.write_files(tmp, trainable_state(acc.unwrap_model(self.policy)), critic_state, optimizers,
                                    self.kl_ctl.state_dict(), state)
         acc.wait_for_everyone()
         if acc.is_main_process:
@@ -371,11 +462,15 @@ class PPOTrainer:
         path = found[-1]
         saved = checkpoint.read(path, self.acc.process_index)
         load_trainable_state(self.acc.unwrap_model(self.policy), saved["policy"])
-        load_trainable_state(self.acc.unwrap_model(self.critic), saved["critic"])
         self.opt_policy.load_state_dict(saved["optimizers"]["policy"])
-        self.opt_critic.load_state_dict(saved["optimizers"]["critic"])
         self.sched_policy.load_state_dict(saved["optimizers"]["sched_policy"])
-        self.sched_critic.load_state_dict(saved["optimizers"]["sched_critic"])
+        if self.critic is not None:
+            load_trainable_state(self.acc.unwrap_model(self.critic), saved["critic"])
+            self.opt_critic.load_state_dict(saved["optimizers"]["critic"])
+            self.sched_critic.load_state_dict(saved["optimizers"]["sched_critic"])
+        elif saved["critic"]:
+            raise AlignKitError(f"ppo: {path.name} was written by a run with a critic (advantage_estimator gae); "
+                                f"this run's estimator {self.cfg.advantage_estimator!r} has none")
         self.kl_ctl.load_state_dict(saved["kl_controller"])
         self.step_done = int(saved["trainer_state"]["step"])
         if saved["rng"] is not None and saved["trainer_state"]["num_processes"] == self.acc.num_processes:

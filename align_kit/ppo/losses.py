@@ -1,8 +1,9 @@
-"""PPO losses and diagnostics as pure functions.
+"""RL losses and diagnostics as pure functions.
 
 Shapes: ``B`` responses, ``T`` response tokens, ``V`` vocabulary. ``mask`` is the ``(B, T)``
-response mask (1 = real token, 0 = padding after EOS); every mean is over real tokens of the
-whole batch (token-level averaging), so padded positions never change a result.
+response mask (1 = real token, 0 = padding after EOS, and 0 on every token of a row that dynamic
+sampling dropped); padded positions never change a result. The policy loss and the KL loss term are
+aggregated over tokens in one of three ways (:func:`aggregate`); the diagnostics are token means.
 """
 
 from __future__ import annotations
@@ -25,6 +26,38 @@ class ValueLoss(NamedTuple):
     clip_fraction: torch.Tensor  # scalar, share of real tokens where the clipped error was larger
 
 
+def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: str = "token_mean",
+              max_tokens: int | None = None) -> torch.Tensor:
+    """Reduce a ``(B, T)`` per-token loss to a scalar.
+
+    - ``token_mean``: sum over all real tokens / their number (DAPO): every token weighs the same, so long
+      responses weigh more than short ones.
+    - ``seq_mean_token_mean``: the mean over responses of each response's token mean (GRPO's paper): every
+      response weighs the same, so a token of a short response weighs more.
+    - ``constant``: sum over real tokens / (responses x ``max_tokens``) (Dr. GRPO): no length normalisation
+      at all, so no length bias in either direction.
+
+    Responses with no real token (all dropped) count in none of the denominators.
+
+    >>> x, m = torch.tensor([[1.0, 1.0, 1.0, 1.0], [4.0, 0.0, 0.0, 0.0]]), torch.tensor([[1, 1, 1, 1], [1, 0, 0, 0]])
+    >>> aggregate(x, m, "token_mean").item(), aggregate(x, m, "seq_mean_token_mean").item()   # 8/5, (1 + 4)/2
+    (1.600000023841858, 2.5)
+    >>> aggregate(x, m, "constant", max_tokens=8).item()   # 8 / (2 x 8)
+    0.5
+    """
+    if mode == "token_mean":
+        return masked_mean(per_token, mask)
+    rows = (mask.sum(dim=1) > 0).to(per_token.dtype)
+    n_rows = rows.sum().clamp(min=1.0)
+    if mode == "seq_mean_token_mean":
+        return (masked_mean(per_token, mask, dim=1) * rows).sum() / n_rows
+    if mode == "constant":
+        if not max_tokens:
+            raise ValueError("the constant aggregation needs max_tokens (the response length limit)")
+        return torch.where(mask.bool(), per_token, torch.zeros_like(per_token)).sum() / (n_rows * max_tokens)
+    raise ValueError(f"unknown loss aggregation {mode!r}; expected token_mean, seq_mean_token_mean or constant")
+
+
 def logprobs_of(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
     """Log-probabilities of ``token_ids`` (``(B, T)``) under ``logits`` (``(B, T, V)``), as ``(B, T)``.
 
@@ -42,20 +75,27 @@ def policy_loss(
     mask: torch.Tensor,
     clip_range: float,
     approx_kl_estimator: str = "k3",
+    clip_range_high: float | None = None,
+    aggregation: str = "token_mean",
+    max_tokens: int | None = None,
 ) -> PolicyLoss:
     """PPO clipped surrogate (Schulman et al. 2017), per token.
 
     ``ratio = exp(logprobs - old_logprobs)``; the per-token loss is
-    ``max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps))``: the pessimistic bound, so a token whose
-    ratio already moved past ``1 +- eps`` in the direction its advantage favours gives no gradient.
+    ``max(-A * ratio, -A * clip(ratio, 1 - eps_low, 1 + eps_high))``: the pessimistic bound, so a token whose
+    ratio already moved past the bound in the direction its advantage favours gives no gradient. A larger
+    ``eps_high`` (DAPO's clip-higher) lets unlikely tokens with positive advantage grow further, against
+    entropy collapse. The per-token losses are reduced by :func:`aggregate`.
 
     Args:
         logprobs: ``(B, T)`` current policy log-probs (with gradient).
         old_logprobs: ``(B, T)`` log-probs at rollout time.
         advantages: ``(B, T)`` (usually whitened).
         mask: ``(B, T)`` response mask.
-        clip_range: epsilon.
+        clip_range: epsilon below 1 (``eps_low``), and above it unless ``clip_range_high`` is given.
         approx_kl_estimator: ``"k3"`` (``(r - 1) - log r``) or ``"sq"`` (``0.5 * logratio^2``).
+        clip_range_high: ``eps_high``; None = ``clip_range``.
+        aggregation, max_tokens: see :func:`aggregate`.
 
     A token counts as clipped only when the clipped term is strictly larger, so ratio exactly at
     ``1 +- eps`` is not clipped.
@@ -67,8 +107,9 @@ def policy_loss(
     log_ratio = logprobs - old_logprobs
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    high = clip_range if clip_range_high is None else clip_range_high
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + high)
+    loss = aggregate(torch.maximum(unclipped, clipped), mask, aggregation, max_tokens)
     with torch.no_grad():
         clip_fraction = masked_mean((clipped > unclipped).to(logprobs.dtype), mask)
         if approx_kl_estimator == "k3":

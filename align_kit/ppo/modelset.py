@@ -1,4 +1,4 @@
-"""The four PPO roles (policy, reference, critic, reward model) in one of two memory layouts.
+"""The four RL roles (policy, reference, critic, reward model) in one of two memory layouts.
 
 - ``separate``: four models. The policy and the critic are trained in full; the reference and the
   reward model are frozen copies (optionally 4-bit).
@@ -6,6 +6,12 @@
   with the adapter switched off; the critic is a LoRA adapter plus its own copy of the score head on
   the reward-model base, and the reward model is that base with the adapter (and copied head) off.
   One copy of each base lives in memory: half the weights of ``separate`` mode.
+
+Only the roles a run uses are built: a critic-free estimator (grpo, rloo, reinforce_pp) has no critic
+(and no critic optimiser), a run whose rewards are all functions has no reward model, and a run with no
+KL at all (``kl_coef: 0``, no controller, no limit) has no reference. In lora mode with a critic-free
+estimator the policy's base is the only copy of the SFT weights; a reward model, if any, is loaded
+frozen beside it.
 
 Shapes: ``B`` sequences of ``L`` tokens (prompt + response), ``V`` vocabulary.
 """
@@ -70,13 +76,17 @@ class PPOModels:
     models with their adapters disabled (see :meth:`reference_forward`, :meth:`reward_forward`)."""
 
     policy: nn.Module  # causal LM (a PeftModel in lora mode), trained
-    critic: TokenScorer  # one-label sequence classifier used per token, trained
-    reference: nn.Module | None  # frozen causal LM, or None in lora mode
-    reward: TokenScorer | None  # frozen scorer, or None in lora mode
+    critic: TokenScorer | None  # one-label sequence classifier used per token, trained; None without a critic
+    reference: nn.Module | None  # frozen causal LM, or None in lora mode (adapter off) or with no KL
+    reward: TokenScorer | None  # frozen scorer; None in lora mode with a critic (adapter off) or with no model
     mode: str = "separate"
 
     def trainable(self) -> list[nn.Module]:
-        return [self.policy, self.critic]
+        return [m for m in (self.policy, self.critic) if m is not None]
+
+    @property
+    def has_reward_model(self) -> bool:
+        return self.reward is not None or (self.mode == "lora" and self.critic is not None)
 
     def eval(self) -> None:
         """Dropout off everywhere: rollout and update forwards must agree, so the first ratio is 1."""
@@ -95,6 +105,8 @@ class PPOModels:
         """``(B, L)`` reward-head outputs; ``critic`` is the unwrapped critic (for lora mode)."""
         if self.reward is not None:
             return self.reward(input_ids, attention_mask)
+        if critic is None:
+            raise ValueError("this run has no reward model")
         with critic.model.disable_adapter():
             return critic(input_ids, attention_mask)
 
@@ -115,9 +127,10 @@ def _lora_config(cfg: PPOConfig, task_type: str):
                       target_modules=targets, task_type=task_type)
 
 
-def build_models(cfg: PPOConfig, policy_path: str, reward_path: str, dtype: torch.dtype = torch.float32,
+def build_models(cfg: PPOConfig, policy_path: str, reward_path: str | None, dtype: torch.dtype = torch.float32,
                  pad_token_id: int | None = None) -> PPOModels:
-    """Load the four roles from the SFT checkpoint (``policy_path``) and the reward model (``reward_path``)."""
+    """Load the roles the run uses from the SFT checkpoint (``policy_path``) and the reward model
+    (``reward_path``, None when every reward is a function)."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     from align_kit.models import keep_4bit_trainable_on_cpu
@@ -135,6 +148,10 @@ def build_models(cfg: PPOConfig, policy_path: str, reward_path: str, dtype: torc
             model.config.pad_token_id = pad_token_id
         return model
 
+    if cfg.uses_critic and reward_path is None and (cfg.memory_mode == "lora" or cfg.critic_init == "reward"):
+        raise ValueError("the critic starts from the reward model, and none was given")
+    if not cfg.uses_critic:
+        return _build_critic_free(cfg, policy_path, reward_path, dtype, frozen_kwargs, seq_cls)
     if cfg.memory_mode == "lora":
         from peft import get_peft_model, prepare_model_for_kbit_training
 
@@ -151,11 +168,39 @@ def build_models(cfg: PPOConfig, policy_path: str, reward_path: str, dtype: torc
         models = PPOModels(policy, critic, reference=None, reward=None, mode="lora")
     else:
         policy = AutoModelForCausalLM.from_pretrained(policy_path, dtype=dtype)
-        reference = AutoModelForCausalLM.from_pretrained(policy_path, **frozen_kwargs).requires_grad_(False)
-        reward = TokenScorer(seq_cls(reward_path, **frozen_kwargs)).requires_grad_(False)
+        reference = (AutoModelForCausalLM.from_pretrained(policy_path, **frozen_kwargs).requires_grad_(False)
+                     if cfg.needs_reference else None)
+        reward = (TokenScorer(seq_cls(reward_path, **frozen_kwargs)).requires_grad_(False)
+                  if reward_path is not None else None)
         critic_path = reward_path if cfg.critic_init == "reward" else policy_path
         critic = TokenScorer(seq_cls(critic_path, dtype=dtype))
         models = PPOModels(policy, critic, reference, reward, mode="separate")
+    models.eval()
+    return models
+
+
+def _build_critic_free(cfg: PPOConfig, policy_path: str, reward_path: str | None, dtype, frozen_kwargs,
+                       seq_cls) -> PPOModels:
+    """Policy (+ reference) (+ a frozen reward model): no critic. In lora mode one copy of the SFT base."""
+    from transformers import AutoModelForCausalLM
+
+    from align_kit.models import keep_4bit_trainable_on_cpu
+
+    reward = (TokenScorer(seq_cls(reward_path, **frozen_kwargs)).requires_grad_(False)
+              if reward_path is not None else None)
+    if cfg.memory_mode == "lora":
+        from peft import get_peft_model, prepare_model_for_kbit_training
+
+        base = AutoModelForCausalLM.from_pretrained(policy_path, **frozen_kwargs)
+        if cfg.quantize_frozen:
+            keep_4bit_trainable_on_cpu(base)
+            base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
+        models = PPOModels(get_peft_model(base, _lora_config(cfg, "CAUSAL_LM")), None, None, reward, mode="lora")
+    else:
+        policy = AutoModelForCausalLM.from_pretrained(policy_path, dtype=dtype)
+        reference = (AutoModelForCausalLM.from_pretrained(policy_path, **frozen_kwargs).requires_grad_(False)
+                     if cfg.needs_reference else None)
+        models = PPOModels(policy, None, reference, reward, mode="separate")
     models.eval()
     return models
 

@@ -13,7 +13,16 @@ from __future__ import annotations
 
 import torch
 
-from align_kit.ppo.advantages import gae, masked_whiten, normalise_scores, per_token_rewards
+from align_kit.ppo.advantages import (
+    all_equal_groups,
+    discounted_returns,
+    gae,
+    group_baseline_scores,
+    masked_whiten,
+    normalise_scores,
+    overlong_penalty,
+    per_token_rewards,
+)
 from align_kit.ppo.config import PPOConfig
 from align_kit.ppo.experience import Experience
 from align_kit.ppo.kl import kl_per_token
@@ -78,12 +87,16 @@ def rollout(models: PPOModels, policy: torch.nn.Module, critic: torch.nn.Module,
 
 
 @torch.no_grad()
-def score_responses(models: PPOModels, policy: torch.nn.Module, critic: torch.nn.Module, query_ids: torch.Tensor,
-                    query_mask: torch.Tensor, response_ids: torch.Tensor, cfg: PPOConfig, stop_ids: list[int],
-                    pad_id: int) -> Experience:
+def score_responses(models: PPOModels, policy: torch.nn.Module, critic: torch.nn.Module | None,
+                    query_ids: torch.Tensor, query_mask: torch.Tensor, response_ids: torch.Tensor, cfg: PPOConfig,
+                    stop_ids: list[int], pad_id: int, reward_fn=None) -> Experience:
     """Cut sampled ``(B, T)`` responses at their stop id and collect log-probs, values and scores.
 
-    Forwards run in chunks of ``cfg.mini_batch_size`` rows to bound activation memory.
+    Forwards run in chunks of ``cfg.mini_batch_size`` rows to bound activation memory. Without a critic the
+    values are 0; without a reference (no KL used) the reference log-probs are the policy's. The raw score is
+    the reward model's, or, with ``reward_fn``, ``reward_fn(response_ids, response_mask, model_scores)``:
+    ``(B, T)`` cut ids, their mask and the ``(B,)`` reward-model scores (None without a reward model) ->
+    ``(B,)`` scores (the weighted mix of the reward sources, :class:`align_kit.ppo.rewards.Rewarder`).
     """
     response_ids, response_mask, ended = cut_at_stop(response_ids, stop_ids, pad_id)
     prompt_len = query_ids.shape[1]
@@ -96,19 +109,34 @@ def score_responses(models: PPOModels, policy: torch.nn.Module, critic: torch.nn
         logits = causal_logits(policy, c_ids, c_mask)
         parts["logprobs"].append(_response_logprobs(logits, c_resp, prompt_len, cfg.temperature))
         del logits
-        ref_logits = models.reference_forward(policy, c_ids, c_mask)
-        parts["ref_logprobs"].append(_response_logprobs(ref_logits, c_resp, prompt_len, cfg.temperature))
-        del ref_logits
-        parts["values"].append(critic(c_ids, c_mask)[:, prompt_len - 1 : -1])
-        # the reward head is read at the last real token: prompt_len - 1 + response length
-        head = models.reward_forward(critic, c_ids, c_mask)
-        last = prompt_len - 1 + response_mask[rows].sum(dim=1)
-        parts["scores"].append(head.gather(1, last.unsqueeze(1)).squeeze(1))
-    raw_scores = torch.cat(parts["scores"])
+        if cfg.needs_reference:
+            ref_logits = models.reference_forward(policy, c_ids, c_mask)
+            parts["ref_logprobs"].append(_response_logprobs(ref_logits, c_resp, prompt_len, cfg.temperature))
+            del ref_logits
+        else:  # no KL anywhere: the reference is never loaded, and its log-probs equal the policy's
+            parts["ref_logprobs"].append(parts["logprobs"][-1].clone())
+        if critic is not None:
+            parts["values"].append(critic(c_ids, c_mask)[:, prompt_len - 1 : -1])
+        else:
+            parts["values"].append(torch.zeros_like(parts["logprobs"][-1]))
+        if models.has_reward_model:
+            # the reward head is read at the last real token: prompt_len - 1 + response length
+            head = models.reward_forward(critic, c_ids, c_mask)
+            last = prompt_len - 1 + response_mask[rows].sum(dim=1)
+            parts["scores"].append(head.gather(1, last.unsqueeze(1)).squeeze(1))
+    model_scores = torch.cat(parts["scores"]) if parts["scores"] else None
+    if reward_fn is not None:
+        raw_scores = reward_fn(response_ids, response_mask, model_scores).to(query_ids.device)
+    elif model_scores is not None:
+        raw_scores = model_scores
+    else:
+        raise ValueError("no reward: the run has neither a reward model nor reward functions")
     scores = raw_scores.clone()
     if cfg.missing_eos_score is not None:
         scores = torch.where(ended, scores, torch.full_like(scores, cfg.missing_eos_score))
     scores = scores - cfg.missing_eos_penalty * (~ended).to(scores.dtype)
+    scores = scores + overlong_penalty(response_mask.sum(dim=1), cfg.max_new_tokens, cfg.overlong_buffer,
+                                       cfg.overlong_penalty).to(scores.dtype)
     scores = normalise_scores(scores, cfg.score_norm, cfg.score_clip)
     return Experience(
         query_ids=query_ids, query_mask=query_mask, response_ids=response_ids, response_mask=response_mask,
@@ -118,13 +146,33 @@ def score_responses(models: PPOModels, policy: torch.nn.Module, critic: torch.nn
 
 
 def add_advantages(exp: Experience, cfg: PPOConfig, kl_coef: float) -> Experience:
-    """Fill ``kl``, ``rewards``, ``advantages`` and ``returns`` of a rollout (in place; also returned)."""
+    """Fill ``kl``, ``rewards``, ``advantages``, ``returns`` (and ``keep``) of a rollout (in place; also returned).
+
+    - ``gae``: per-token rewards (the score at the last token, ``-kl_coef x KL`` on every token when the KL is
+      in the reward), GAE over the critic's values, whitened per batch if ``whiten_advantages``.
+    - critic-free: the score becomes its group-baselined value (:func:`group_baseline_scores`), the per-token
+      rewards are built from it the same way, and the advantage of each token is its return
+      (:func:`discounted_returns`); ``reinforce_pp*`` then whiten over the batch's kept tokens (REINFORCE++).
+      With the KL as a loss term (or ``kl_coef`` 0) every token of a response gets its sequence advantage.
+    - ``dynamic_sampling``: rows of all-equal groups get ``keep`` False: no weight in any loss.
+    """
     mask = exp.response_mask
     exp.kl = torch.where(mask.bool(), kl_per_token(exp.logprobs, exp.ref_logprobs, cfg.kl_estimator),
                          torch.zeros_like(exp.logprobs))
-    exp.rewards = per_token_rewards(exp.scores, exp.kl, mask, kl_coef)
-    advantages, exp.returns = gae(exp.rewards, exp.values, mask, cfg.gamma, cfg.lam)
-    if cfg.whiten_advantages and mask.sum() > 1:
-        advantages = masked_whiten(advantages, mask)
+    reward_kl = kl_coef if cfg.kl_in == "reward" else 0.0
+    if cfg.dynamic_sampling:
+        exp.keep = ~all_equal_groups(exp.scores, cfg.num_generations).repeat_interleave(cfg.num_generations)
+    if cfg.uses_critic:
+        exp.rewards = per_token_rewards(exp.scores, exp.kl, mask, reward_kl)
+        advantages, exp.returns = gae(exp.rewards, exp.values, mask, cfg.gamma, cfg.lam)
+        if cfg.whiten_advantages and exp.loss_mask.sum() > 1:
+            advantages = masked_whiten(advantages, exp.loss_mask)
+    else:
+        sequence = group_baseline_scores(exp.scores, cfg.num_generations, cfg.advantage_estimator,
+                                         cfg.scale_rewards)
+        exp.rewards = per_token_rewards(sequence, exp.kl, mask, reward_kl)
+        advantages = exp.returns = discounted_returns(exp.rewards, mask, cfg.gamma)
+        if cfg.advantage_estimator.startswith("reinforce_pp") and exp.loss_mask.sum() > 1:
+            advantages = masked_whiten(advantages, exp.loss_mask)
     exp.advantages = advantages
     return exp
