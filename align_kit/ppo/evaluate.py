@@ -20,7 +20,8 @@ def evaluate_policy(models: PPOModels, policy, critic, tokenizer, prompt_ids: li
                     verify: Callable[[str, str], bool] | None = None, batch_size: int = 32,
                     samples: int = 0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                     seed: int = 0) -> dict:
-    """Mean reward, verifier accuracy, ended share and mean length of greedy responses.
+    """Mean reward-model score (when the run has a reward model), verifier accuracy, ended share and mean length
+    of greedy responses.
 
     With ``samples > 0`` each prompt is also answered ``samples`` times by sampling as the rollout does
     (``temperature``, ``top_k``, ``top_p``; seeded, so before and after see the same random stream), and
@@ -39,9 +40,11 @@ def evaluate_policy(models: PPOModels, policy, critic, tokenizer, prompt_ids: li
     texts = prompt_texts if verify is not None else None
     greedy = _answer(models, policy, critic, tokenizer, prompt_ids, texts, stop_ids, pad, verify, batch_size,
                      GenerationConfig(do_sample=False, **common))
-    n = max(len(greedy["scores"]), 1)
-    result = {"reward_mean": sum(greedy["scores"]) / n, "ended": sum(greedy["ended"]) / n,
-              "response_length": sum(greedy["lengths"]) / n, "prompts": len(greedy["scores"])}
+    n = max(len(greedy["ended"]), 1)
+    result = {"ended": sum(greedy["ended"]) / n, "response_length": sum(greedy["lengths"]) / n,
+              "prompts": len(greedy["ended"])}
+    if greedy["scores"]:
+        result["reward_mean"] = sum(greedy["scores"]) / n
     if greedy["correct"]:
         result["verifier_accuracy"] = sum(greedy["correct"]) / len(greedy["correct"])
     if samples > 0:
@@ -53,7 +56,8 @@ def evaluate_policy(models: PPOModels, policy, critic, tokenizer, prompt_ids: li
                               None if texts is None else [t for t in texts for _ in range(samples)], stop_ids, pad,
                               verify, batch_size, GenerationConfig(do_sample=True, temperature=temperature,
                                                                    top_k=top_k, top_p=top_p, **common))
-        result["sampled_reward_mean"] = sum(sampled["scores"]) / max(len(sampled["scores"]), 1)
+        if sampled["scores"]:
+            result["sampled_reward_mean"] = sum(sampled["scores"]) / len(sampled["scores"])
         result["samples_per_prompt"] = samples
         if sampled["correct"]:
             result["sampled_verifier_accuracy"] = sum(sampled["correct"]) / len(sampled["correct"])
@@ -71,10 +75,11 @@ def _answer(models: PPOModels, policy, critic, tokenizer, prompt_ids: list[list[
         ids, mask = ids.to(device), mask.to(device)
         out = policy.generate(input_ids=ids, attention_mask=mask, generation_config=gen_cfg)[:, ids.shape[1]:]
         resp, resp_mask, has_stop = cut_at_stop(out, stop_ids, pad)
-        full_ids, full_mask = torch.cat([ids, resp], 1), torch.cat([mask, resp_mask], 1)
-        head = models.reward_forward(critic, full_ids, full_mask)
-        last = ids.shape[1] - 1 + resp_mask.sum(1)
-        got["scores"] += head.gather(1, last[:, None])[:, 0].tolist()
+        if models.has_reward_model:
+            full_ids, full_mask = torch.cat([ids, resp], 1), torch.cat([mask, resp_mask], 1)
+            head = models.reward_forward(critic, full_ids, full_mask)
+            last = ids.shape[1] - 1 + resp_mask.sum(1)
+            got["scores"] += head.gather(1, last[:, None])[:, 0].tolist()
         got["ended"] += has_stop.tolist()
         got["lengths"] += resp_mask.sum(1).tolist()
         if verify is not None and prompt_texts is not None:

@@ -1,8 +1,10 @@
-"""PPO (RLHF): the SFT policy learns from a reward model with a KL leash to itself. align_kit's own loop
-(``align_kit/ppo/``); the recipe's ``trainer:`` block fills :class:`align_kit.ppo.config.PPOConfig`.
+"""RL from rewards (PPO, GRPO, RLOO, REINFORCE++): the SFT policy learns from a reward model and/or reward
+functions and verifiers, with a KL leash to itself. align_kit's own loop (``align_kit/ppo/``); the recipe's
+``trainer:`` block fills :class:`align_kit.ppo.config.PPOConfig` (``advantage_estimator`` picks the algorithm).
 
 ``model`` is the SFT checkpoint (the stage folder or its ``model/``), ``ppo.reward_model`` the reward
-stage's output. ``data`` gives prompts: conversations (the final assistant turn is dropped) or
+stage's output (optional when ``ppo.rewards`` lists functions or verifiers, see ``align_kit/ppo/rewards.py``).
+``data`` gives prompts: conversations (the final assistant turn is dropped) or
 preference pairs (their prompt). A ``peft:`` block selects and configures LoRA mode; a
 ``quantization:`` block loads the frozen parts (the shared bases in LoRA mode) in 4-bit. With
 ``trainer.ptx_coef > 0`` the same rows (a conversation, a pair's prompt with its chosen answer), tokenised
@@ -20,6 +22,7 @@ from typing import Literal
 
 from align_kit.errors import ConfigError
 from align_kit.ppo.config import PPOConfig
+from align_kit.ppo.rewards import RewardSource
 
 log = logging.getLogger("align_kit")
 TRAINER_CONFIG = PPOConfig
@@ -27,8 +30,18 @@ TRAINER_CONFIG = PPOConfig
 
 @dataclass
 class Options:
-    reward_model: str
-    """The reward stage's output folder (or its model/): a one-label sequence classifier."""
+    reward_model: str | None = None
+    """The reward stage's output folder (or its model/): a one-label sequence classifier. None: rewards only."""
+    reward_model_weight: float = 1.0
+    """Weight of the reward model's score when ``rewards`` are mixed in."""
+    rewards: list[RewardSource] = dataclasses.field(default_factory=list)
+    """Reward functions (module:function) and builtin verifiers, each with a weight (align_kit/ppo/rewards.py)."""
+    reward_timeout: float = 10.0
+    """Seconds a reward function may take for one response before it counts as hung."""
+    reward_on_error: Literal["stop", "fallback"] = "stop"
+    """A reward function that raises, hangs or returns no number: stop the run, or score reward_fallback."""
+    reward_fallback: float = 0.0
+    """The score given on a reward-function failure when reward_on_error is fallback (counted in the log)."""
     prompts_from: Literal["conversations", "preferences"] = "conversations"
     """Read data as conversations (drop the last assistant turn) or preference pairs (take the prompt)."""
     max_prompt_length: int = 256
@@ -66,6 +79,20 @@ def _check(recipe) -> None:
         if value < least:
             raise ConfigError(f"ppo.{name}: {value}; expected an integer >= {least}"
                               + (" (0 turns it off)" if least == 0 else ""))
+    if not opts.reward_model and not opts.rewards:
+        raise ConfigError("ppo: no reward: set ppo.reward_model (a reward stage's output) and/or ppo.rewards "
+                          "(functions module:function or builtin verifiers)")
+    if opts.reward_timeout <= 0:
+        raise ConfigError(f"ppo.reward_timeout: {opts.reward_timeout}; expected a positive number of seconds")
+    from align_kit.ppo.rewards import resolve_sources
+
+    resolve_sources(opts.rewards)  # imports each function now: --check names one that is not importable
+    cfg = recipe.trainer_config()  # PPOConfig checks its ranges and the batch arithmetic here, before any load
+    if cfg.uses_critic and not opts.reward_model and (cfg.memory_mode == "lora" or cfg.critic_init == "reward"):
+        raise ConfigError(f"ppo: advantage_estimator gae learns a critic from the reward model "
+                          f"(memory_mode {cfg.memory_mode}, critic_init {cfg.critic_init}) and ppo.reward_model is "
+                          "not set; give one, set critic_init: policy (separate mode), or pick a critic-free "
+                          "estimator (grpo, rloo, reinforce_pp)")
     if recipe.peft is not None and recipe.trainer.get("memory_mode", "separate") != "lora":
         raise ConfigError("peft: a LoRA block in a ppo recipe means LoRA mode; set trainer.memory_mode: lora")
     if recipe.trainer.get("memory_mode") == "lora" and recipe.peft is None:
@@ -88,8 +115,11 @@ def ppo_config(recipe, family_targets) -> PPOConfig:
     return cfg
 
 
-def encode_prompts(rows: list[dict], tokenizer, kind: str, max_len: int) -> tuple[list[list[int]], list[str]]:
-    """Chat-template token ids (generation prompt appended) and the last user text of each prompt."""
+def encode_prompts(rows: list[dict], tokenizer, kind: str, max_len: int,
+                   references: list[dict] | None = None) -> tuple[list[list[int]], list[str]]:
+    """Chat-template token ids (generation prompt appended) and the last user text of each prompt.
+
+    ``references`` (given, it is filled): each kept row's reference fields (``row["reference"]``, or ``{}``)."""
     ids, texts, dropped = [], [], 0
     for row in rows:
         messages = row["messages"][:-1] if kind == "conversations" else row["prompt"]
@@ -100,6 +130,8 @@ def encode_prompts(rows: list[dict], tokenizer, kind: str, max_len: int) -> tupl
             continue
         ids.append(enc)
         texts.append(messages[-1]["content"])
+        if references is not None:
+            references.append(dict(row.get("reference") or {}))
     if dropped:
         log.warning("ppo: %d of %d prompts are longer than max_prompt_length=%d and were dropped", dropped,
                     len(rows), max_len)
@@ -138,17 +170,20 @@ def run(recipe) -> Path:
     from align_kit.ppo.evaluate import evaluate_policy
     from align_kit.ppo.loop import PPOTrainer
     from align_kit.ppo.modelset import build_models
+    from align_kit.ppo.rewards import Rewarder, resolve_sources
     from align_kit.runlog import start_run
     from align_kit.stages import common
 
     opts, out = recipe.options, Path(recipe.output_dir)
     policy_dir = checkpoint_dir(recipe.model.name_or_path)
-    reward_dir = checkpoint_dir(opts.reward_model)
+    reward_dir = checkpoint_dir(opts.reward_model) if opts.reward_model else None
     tokenizer = load_tokenizer(dataclasses.replace(recipe.model, name_or_path=str(policy_dir)))
     stops = stop_token_ids(tokenizer, get_template(tokenizer.align_kit_template))
     kind = "instruction" if opts.prompts_from == "conversations" else "preference"
     data = load_data(recipe.data, kind)
-    train_ids, _ = encode_prompts(data.train, tokenizer, opts.prompts_from, opts.max_prompt_length)
+    train_refs: list[dict] = []
+    train_ids, train_texts = encode_prompts(data.train, tokenizer, opts.prompts_from, opts.max_prompt_length,
+                                            train_refs)
     eval_ids, eval_texts = encode_prompts(data.eval[: opts.eval_prompts], tokenizer, opts.prompts_from,
                                           opts.max_prompt_length)
     if recipe.model.family == "auto":
@@ -160,8 +195,12 @@ def run(recipe) -> Path:
     cfg = ppo_config(recipe, family.lora_targets)
     acc = Accelerator()
     common.check_processes_joined(acc)
-    models = build_models(cfg, str(policy_dir), str(reward_dir), dtype=resolve_dtype(recipe.model.dtype),
-                          pad_token_id=tokenizer.pad_token_id)
+    models = build_models(cfg, str(policy_dir), str(reward_dir) if reward_dir else None,
+                          dtype=resolve_dtype(recipe.model.dtype), pad_token_id=tokenizer.pad_token_id)
+    rewarder = None
+    if opts.rewards:
+        rewarder = Rewarder(resolve_sources(opts.rewards), opts.reward_model_weight if reward_dir else None,
+                            opts.reward_timeout, opts.reward_on_error, opts.reward_fallback)
     run_info = start_run(recipe, data, extra={
         "train_prompts": len(train_ids), "eval_prompts": len(eval_ids),
         # prompts over max_prompt_length are dropped by encode_prompts (logged there): counted here too
@@ -177,12 +216,13 @@ def run(recipe) -> Path:
                               f"than max_prompt_length + max_new_tokens = {limit} tokens; raise either or set "
                               "trainer.ptx_coef: 0")
     trainer = PPOTrainer(cfg, models, tokenizer, train_ids, out, accelerator=acc, stop_token_ids=stops,
-                         demonstrations=demos)
+                         demonstrations=demos, rewarder=rewarder, prompt_rows=list(zip(train_texts, train_refs)))
 
     def evaluate() -> dict:
         if not eval_ids or not acc.is_main_process:
             return {}
-        return evaluate_policy(models, acc.unwrap_model(trainer.policy), acc.unwrap_model(trainer.critic),
+        critic = acc.unwrap_model(trainer.critic) if trainer.critic is not None else None
+        return evaluate_policy(models, acc.unwrap_model(trainer.policy), critic,
                                tokenizer, eval_ids, eval_texts, stops, opts.eval_max_new_tokens, verify,
                                samples=opts.eval_samples, temperature=cfg.temperature, top_k=cfg.top_k,
                                top_p=cfg.top_p, seed=recipe.seed)
