@@ -162,9 +162,11 @@ def cmd_inspect(args) -> int:
     from align_kit.models import load_tokenizer
 
     recipe = load_recipe(args.recipe, args.overrides)
+    if recipe.stage == "ppo":
+        return _inspect_prompt(recipe, args)
     if recipe.stage not in ("sft", "dpo", "kto", "reward"):
-        raise ConfigError(f"data inspect shows SFT conversations and preference pairs (sft, dpo, kto, reward "
-                          f"recipes); {args.recipe} is a '{recipe.stage}' recipe")
+        raise ConfigError(f"data inspect shows SFT conversations, preference pairs and RL prompts (sft, dpo, kto, "
+                          f"reward, ppo recipes); {args.recipe} is a '{recipe.stage}' recipe")
     tokenizer = load_tokenizer(recipe.model)
     if recipe.stage != "sft":
         return _inspect_preference(args, recipe, tokenizer)
@@ -206,4 +208,35 @@ def _inspect_preference(args, recipe, tokenizer) -> int:
         if args.ids:
             for tid, m in zip(tok.input_ids, tok.assistant_masks):
                 print(f"{tid:>8} {'T' if m else '.'} {tokenizer.convert_ids_to_tokens(tid)!r}")
+    return 0
+
+
+def _inspect_prompt(recipe, args) -> int:
+    """An RL prompt as the policy sees it (chat template, generation prompt appended) and its reference fields."""
+    import json
+
+    from align_kit.data.sources import load_data
+    from align_kit.models import load_tokenizer
+    from align_kit.stages.ppo import checkpoint_dir, encode_prompts
+
+    opts = recipe.options
+    model = recipe.model
+    if not model.name_or_path.startswith("builtin:"):
+        import dataclasses
+
+        model = dataclasses.replace(model, name_or_path=str(checkpoint_dir(model.name_or_path)))
+    tokenizer = load_tokenizer(model)
+    kind = {"conversations": "instruction", "preferences": "preference", "prompts": "prompt"}[opts.prompts_from]
+    rows = load_data(recipe.data, kind).train
+    if not 1 <= args.row <= len(rows):
+        raise ConfigError(f"--row {args.row}: expected 1..{len(rows)}")
+    refs: list[dict] = []
+    ids, texts = encode_prompts([rows[args.row - 1]], tokenizer, opts.prompts_from, 10**9, refs)
+    print(f"template: {tokenizer.align_kit_template}; prompt tokens: {len(ids[0])} "
+          f"(max_prompt_length {opts.max_prompt_length}); the response is generated after the last line")
+    print(tokenizer.decode(ids[0]))
+    print(f"reference: {json.dumps(refs[0], ensure_ascii=False)}")
+    if args.ids:
+        for tid in ids[0]:
+            print(f"{tid:>8} {tokenizer.convert_ids_to_tokens(tid)!r}")
     return 0

@@ -24,7 +24,7 @@ class Loaded:
     cuts: dict = field(default_factory=dict)  # per source: rows left out on purpose (max_rows, the mixture)
 
 
-def _records(src: DataSource, location: str, skip_report: SkipReport | None = None):
+def _records(src: DataSource, location: str, skip_report: SkipReport | None = None, fmt: str | None = None):
     """``(row, record)`` from a local file or a Hub dataset (``hub:<id>[:<split>]``)."""
     if location.startswith("hub:"):
         _, repo, *rest = location.split(":")
@@ -39,7 +39,8 @@ def _records(src: DataSource, location: str, skip_report: SkipReport | None = No
         return ((row, {"text": doc}) for row, doc in read_text_documents(location, src.text_split))
     from align_kit.data.formats import headerless_columns
 
-    return read_records(location, columns=headerless_columns(location, src.format), skip_report=skip_report)
+    # the format a data card gives counts too (FLAN CoT TSVs have no header row)
+    return read_records(location, columns=headerless_columns(location, fmt or src.format), skip_report=skip_report)
 
 
 def resolve(src: DataSource, for_training: bool) -> tuple[str, str, dict]:
@@ -54,7 +55,7 @@ def resolve(src: DataSource, for_training: bool) -> tuple[str, str, dict]:
 
 
 def convert(kind: str, records, fmt: str, where: str, skip: bool, report: SkipReport, columns: dict):
-    """Rows of one kind: ``instruction`` (messages), ``preference``, ``unpaired`` or ``text``."""
+    """Rows of one kind: ``instruction`` (messages), ``preference``, ``unpaired``, ``text`` or ``prompt``."""
     if kind == "instruction":
         from align_kit.data.formats import convert_records
 
@@ -65,6 +66,10 @@ def convert(kind: str, records, fmt: str, where: str, skip: bool, report: SkipRe
         return list(preference.convert_records(records, fmt, where, skip=skip, report=report, columns=columns))
     if kind == "text":
         return list(_text_rows(records, where, skip, report, columns))
+    if kind == "prompt":  # RL prompts with their reference fields
+        from align_kit.data.prompts import convert_prompt_records
+
+        return list(convert_prompt_records(records, fmt, where, skip=skip, report=report, columns=columns))
     raise ValueError(kind)
 
 
@@ -88,7 +93,7 @@ def load_source(src: DataSource, kind: str, skip: bool, for_training: bool) -> t
     if kind == "text" and src.text_field != "text":
         columns = {**columns, "text": src.text_field}
     report = SkipReport(location if src.name is None else f"{src.name}[{src.split}]")
-    rows = convert(kind, _records(src, location, report if skip else None), fmt, location, skip, report, columns)
+    rows = convert(kind, _records(src, location, report if skip else None, fmt), fmt, location, skip, report, columns)
     if report.rejected:
         log.warning("data: %s", report.summary())
     if src.max_rows is not None and len(rows) > src.max_rows:

@@ -18,8 +18,9 @@ function). A function that raises, returns None, NaN, infinity or a non-number, 
 ``ppo.reward_fallback`` and counts it (``reward_fallbacks/<name>`` in the log).
 
 **Builtin verifiers** compare the response with the row's reference field ``field`` (default ``answer``) and
-give 1.0 or 0.0: ``exact``, ``normalised``, ``last_number``, ``boxed``, ``choice``; ``regex`` checks the
-response's shape against ``pattern`` and needs no reference.
+give 1.0 or 0.0: ``exact``, ``normalised``, ``last_number`` (GSM8K's ``#### 42`` understood), ``boxed``
+(``\\boxed{}``), ``answer_is`` (FLAN CoT's "So the answer is no."), ``choice`` (a multiple-choice letter);
+``regex`` checks the whole response's shape against ``pattern`` and needs no reference.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class RewardSource:
     function: str | None = None
     """``module:function`` called as (prompt, response[, reference]) -> number (see align_kit/ppo/rewards.py)."""
     verifier: str | None = None
-    """A builtin: exact | normalised | last_number | boxed | choice | regex (1.0 when it holds, else 0.0)."""
+    """A builtin: exact | normalised | last_number | boxed | answer_is | choice | regex (1.0 if it holds, else 0)."""
     weight: float = 1.0
     """Weight of this source in the summed reward."""
     field: str = "answer"
@@ -125,6 +126,20 @@ def choice_letter(text: str) -> str | None:
     return next((a or b for a, b in reversed(found)), None)
 
 
+_ANSWER_IS = re.compile(r"answer\s*(?:is|:)\s*(.+?)(?:\.\s*$|\.\s|\n|$)", re.IGNORECASE)
+
+
+def stated_answer(text: str) -> str | None:
+    """What follows the last "answer is" / "answer:" up to the end of its sentence (FLAN CoT's "So the answer
+    is no."), or None.
+
+    >>> stated_answer("Floyd is a band. So the answer is no."), stated_answer("Answer: 3.5 apples"), stated_answer("no")
+    ('no', '3.5 apples', None)
+    """
+    found = _ANSWER_IS.findall(text)
+    return found[-1].strip() if found else None
+
+
 def _numbers_equal(a: float | None, b: float | None) -> bool:
     return a is not None and b is not None and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
 
@@ -135,6 +150,8 @@ VERIFIERS: dict[str, Callable[[str, str], bool]] = {
     "last_number": lambda response, ref: _numbers_equal(last_number(response), last_number(str(ref))),
     "boxed": lambda response, ref: (boxed_answer(response) is not None and normalise_text(boxed_answer(response))
                                     == normalise_text(boxed_answer(str(ref)) or str(ref))),
+    "answer_is": lambda response, ref: stated_answer(response) is not None
+    and normalise_text(stated_answer(response)) == normalise_text(str(ref)),
     "choice": lambda response, ref: choice_letter(response) is not None
     and choice_letter(response) == (choice_letter(str(ref)) or str(ref).strip().upper()),
 }

@@ -42,12 +42,15 @@ class Options:
     """A reward function that raises, hangs or returns no number: stop the run, or score reward_fallback."""
     reward_fallback: float = 0.0
     """The score given on a reward-function failure when reward_on_error is fallback (counted in the log)."""
-    prompts_from: Literal["conversations", "preferences"] = "conversations"
-    """Read data as conversations (drop the last assistant turn) or preference pairs (take the prompt)."""
+    prompts_from: Literal["conversations", "preferences", "prompts"] = "conversations"
+    """Read data as conversations (drop the last assistant turn), preference pairs (take the prompt), or prompt
+    rows with reference fields for reward functions (align_kit/data/prompts.py: prompts, flan_cot, gsm8k)."""
     max_prompt_length: int = 256
     """Prompts longer than this many tokens are dropped (and counted in the log)."""
     verifier: str | None = None
-    """module:function judging (prompt, response) -> bool; its accuracy is reported before and after."""
+    """module:function judging (prompt, response[, reference]) -> bool, or a builtin verifier name (exact,
+    normalised, last_number, boxed, choice: against the reference field 'answer'); its accuracy on the held-out
+    prompts is reported before and after."""
     eval_max_new_tokens: int = 16
     """Response length of the greedy before/after evaluation."""
     eval_prompts: int = 200
@@ -87,12 +90,17 @@ def _check(recipe) -> None:
     from align_kit.ppo.rewards import resolve_sources
 
     resolve_sources(opts.rewards)  # imports each function now: --check names one that is not importable
+    if opts.verifier:
+        eval_verifier(opts.verifier)
     cfg = recipe.trainer_config()  # PPOConfig checks its ranges and the batch arithmetic here, before any load
     if cfg.uses_critic and not opts.reward_model and (cfg.memory_mode == "lora" or cfg.critic_init == "reward"):
         raise ConfigError(f"ppo: advantage_estimator gae learns a critic from the reward model "
                           f"(memory_mode {cfg.memory_mode}, critic_init {cfg.critic_init}) and ppo.reward_model is "
                           "not set; give one, set critic_init: policy (separate mode), or pick a critic-free "
                           "estimator (grpo, rloo, reinforce_pp)")
+    if opts.prompts_from == "prompts" and cfg.ptx_coef > 0:
+        raise ConfigError("ppo: ptx_coef > 0 trains on demonstrations, and prompt rows (prompts_from: prompts) have "
+                          "none; read conversations or preferences, or set trainer.ptx_coef: 0")
     if recipe.peft is not None and recipe.trainer.get("memory_mode", "separate") != "lora":
         raise ConfigError("peft: a LoRA block in a ppo recipe means LoRA mode; set trainer.memory_mode: lora")
     if recipe.trainer.get("memory_mode") == "lora" and recipe.peft is None:
@@ -100,6 +108,16 @@ def _check(recipe) -> None:
 
 
 VALIDATORS = (_check,)
+
+
+def eval_verifier(spec: str):
+    """``ppo.verifier`` as a reward source called (prompt, response, reference): a builtin verifier name (against
+    the reference field ``answer``) or module:function."""
+    from align_kit.ppo.rewards import VERIFIER_NAMES, resolve_source
+
+    if spec in VERIFIER_NAMES:
+        return resolve_source(RewardSource(verifier=spec), 0)
+    return resolve_source(RewardSource(function=spec), 0)
 
 
 def ppo_config(recipe, family_targets) -> PPOConfig:
@@ -119,7 +137,8 @@ def encode_prompts(rows: list[dict], tokenizer, kind: str, max_len: int,
                    references: list[dict] | None = None) -> tuple[list[list[int]], list[str]]:
     """Chat-template token ids (generation prompt appended) and the last user text of each prompt.
 
-    ``references`` (given, it is filled): each kept row's reference fields (``row["reference"]``, or ``{}``)."""
+    ``references`` (given, it is filled): each kept row's reference fields: a prompt row's ``reference``, or
+    ``{"answer": ...}`` with the last assistant turn of a conversation (the chosen answer of a pair)."""
     ids, texts, dropped = [], [], 0
     for row in rows:
         messages = row["messages"][:-1] if kind == "conversations" else row["prompt"]
@@ -130,8 +149,10 @@ def encode_prompts(rows: list[dict], tokenizer, kind: str, max_len: int,
             continue
         ids.append(enc)
         texts.append(messages[-1]["content"])
-        if references is not None:
-            references.append(dict(row.get("reference") or {}))
+        if references is not None:  # a conversation's (a pair's chosen) last answer is its reference "answer"
+            reference = row.get("reference") or {"answer": (row["messages"] if kind == "conversations"
+                                                           else row.get("chosen") or [{}])[-1].get("content")}
+            references.append({k: v for k, v in reference.items() if v is not None})
     if dropped:
         log.warning("ppo: %d of %d prompts are longer than max_prompt_length=%d and were dropped", dropped,
                     len(rows), max_len)
@@ -165,7 +186,6 @@ def run(recipe) -> Path:
 
     from align_kit.data.sources import load_data
     from align_kit.families import family_for_model_type, get_family, get_template, stop_token_ids
-    from align_kit.generation import load_callable
     from align_kit.models import load_tokenizer, resolve_dtype
     from align_kit.ppo.evaluate import evaluate_policy
     from align_kit.ppo.loop import PPOTrainer
@@ -179,13 +199,14 @@ def run(recipe) -> Path:
     reward_dir = checkpoint_dir(opts.reward_model) if opts.reward_model else None
     tokenizer = load_tokenizer(dataclasses.replace(recipe.model, name_or_path=str(policy_dir)))
     stops = stop_token_ids(tokenizer, get_template(tokenizer.align_kit_template))
-    kind = "instruction" if opts.prompts_from == "conversations" else "preference"
+    kind = {"conversations": "instruction", "preferences": "preference", "prompts": "prompt"}[opts.prompts_from]
     data = load_data(recipe.data, kind)
     train_refs: list[dict] = []
     train_ids, train_texts = encode_prompts(data.train, tokenizer, opts.prompts_from, opts.max_prompt_length,
                                             train_refs)
+    eval_refs: list[dict] = []
     eval_ids, eval_texts = encode_prompts(data.eval[: opts.eval_prompts], tokenizer, opts.prompts_from,
-                                          opts.max_prompt_length)
+                                          opts.max_prompt_length, eval_refs)
     if recipe.model.family == "auto":
         from transformers import AutoConfig
 
@@ -206,7 +227,12 @@ def run(recipe) -> Path:
         # prompts over max_prompt_length are dropped by encode_prompts (logged there): counted here too
         "long_prompts_dropped": {"train": len(data.train) - len(train_ids),
                                  "eval": len(data.eval[: opts.eval_prompts]) - len(eval_ids)}})
-    verify = load_callable(opts.verifier) if opts.verifier else None
+    verify = None
+    if opts.verifier:  # the evaluation calls verify(prompt, response): each held-out prompt's reference is looked up
+        source, refs = eval_verifier(opts.verifier), dict(zip(eval_texts, eval_refs))
+
+        def verify(prompt: str, response: str) -> bool:
+            return bool(source.score(prompt, response, refs.get(prompt, {})))
     demos = None
     if cfg.ptx_coef > 0:
         limit = opts.max_prompt_length + cfg.max_new_tokens

@@ -18,7 +18,7 @@ import torch
 from accelerate import Accelerator
 from transformers import AutoTokenizer
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1]))  # tests/rl_reward_fns.py
 
 from align_kit.ppo.config import PPOConfig  # noqa: E402
 from align_kit.ppo.loop import PPOTrainer  # noqa: E402

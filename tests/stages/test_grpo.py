@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,8 +22,7 @@ from align_kit.ppo.modelset import build_models, causal_logits
 from align_kit.ppo.rewards import Rewarder, RewardSource, resolve_sources
 
 HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE))  # rl_reward_fns, importable as module:function in the tests and subprocesses
-FNS = "rl_reward_fns"
+FNS = "rl_reward_fns"  # tests/rl_reward_fns.py (tests/ is on the path, as for helpers): module:function sources
 
 
 @pytest.fixture(scope="module")
@@ -217,3 +215,25 @@ def test_two_processes_run_grpo_to_the_end_and_resume(ckpts, tmp_path):
                       "resume_identical": True, "ranks_agree": True, "critic": None}
     assert (tmp_path / "full" / "model" / "model.safetensors").read_bytes() == (
         tmp_path / "cut" / "model" / "model.safetensors").read_bytes()
+
+
+def test_grpo_from_the_quickstart_sft_model_lifts_the_verifier(quickstart, tmp_path):
+    """recipes/tiny/grpo.yaml from the quickstart's SFT model, the verifier as the only reward (no reward model,
+    no critic, no reference): held-out greedy verifier accuracy rises. Measured on 200 held-out prompts from
+    the SFT model at 0.80 (2-core CPU): seed 42 0.825, seed 1 0.825, seed 2 0.845, so a lift of at least 0.025
+    on every seed measured; the margin below (0.02) leaves half a prompt of slack. benchmarks/rl_seeds.py runs
+    the seeds."""
+    from align_kit.config import load_recipe
+    from align_kit.stages import run_stage
+
+    recipe = load_recipe(HERE.parents[1] / "recipes" / "tiny" / "grpo.yaml",
+                         [f"model.name_or_path={quickstart / 'sft'}", f"output_dir={tmp_path}"])
+    assert recipe.options.reward_model is None and recipe.trainer_config().advantage_estimator == "grpo"
+    out = run_stage(recipe)
+    evals = json.loads((out / "eval.json").read_text())
+    before, after = evals["before"]["verifier_accuracy"], evals["after"]["verifier_accuracy"]
+    assert after > before + 0.02, (before, after)
+    assert "reward_mean" not in evals["after"]  # no reward model to score with
+    log = logs(out)
+    assert len(log) == 12 and all("reward/verify" in row for row in log)  # 120 steps, logged every 10
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-120", "checkpoint-80"]
