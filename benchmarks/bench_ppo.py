@@ -1,4 +1,5 @@
-"""PPO throughput and memory: LoRA mode against separate models, same model and batch configuration.
+"""PPO throughput and memory: LoRA mode against separate models, same model and batch configuration; and GRPO in
+LoRA mode (no critic, no reward model: one copy of the base) beside them.
 
     python benchmarks/bench_ppo.py                 # both arms, each in its own process
     python benchmarks/bench_ppo.py --hidden 512 --layers 8 --steps 4
@@ -61,6 +62,11 @@ def param_bytes(models) -> int:
     return total
 
 
+def short(prompt: str, response: str) -> float:
+    """The GRPO arm's reward function: shorter responses score higher (a program, like a verifier)."""
+    return -len(response) / 100
+
+
 def run_arm(args) -> dict:
     import torch
 
@@ -71,13 +77,22 @@ def run_arm(args) -> dict:
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         sft, rm, tok = build_checkpoints(Path(tmp), args)
-        cfg = PPOConfig(memory_mode=args.arm, steps=args.steps, batch_size=args.batch, mini_batch_size=args.mini_batch,
+        grpo = args.arm == "grpo_lora"  # the same episodes per step: batch / 4 prompts x 4 responses each
+        cfg = PPOConfig(memory_mode="lora" if grpo else args.arm, steps=args.steps,
+                        batch_size=args.batch // 4 if grpo else args.batch, mini_batch_size=args.mini_batch,
                         ppo_epochs=2, max_new_tokens=args.new_tokens, learning_rate=1e-5, critic_learning_rate=1e-5,
-                        save_steps=10_000, sample_steps=10_000, resume=False, lora_r=16, lora_alpha=32)
-        models = build_models(cfg, str(sft), str(rm))
+                        save_steps=10_000, sample_steps=10_000, resume=False, lora_r=16, lora_alpha=32,
+                        advantage_estimator="grpo" if grpo else "gae", num_generations=4 if grpo else 1)
+        models = build_models(cfg, str(sft), None if grpo else str(rm))
         weights = param_bytes(models)
         prompts = [[1] + [3 + (7 * i + j) % (args.vocab - 3) for j in range(args.prompt_len)] for i in range(64)]
-        trainer = PPOTrainer(cfg, models, tok, prompts, Path(tmp) / "out")
+        reward = {}
+        if grpo:
+            from align_kit.ppo.rewards import Rewarder, RewardSource, resolve_sources
+
+            reward = {"rewarder": Rewarder(resolve_sources([RewardSource(function="bench_ppo:short")])),
+                      "prompt_rows": [("", {})] * len(prompts)}
+        trainer = PPOTrainer(cfg, models, tok, prompts, Path(tmp) / "out", **reward)
         totals = {"time_generate": 0.0, "time_score": 0.0, "time_update": 0.0}
         wall = time.perf_counter()
         for step in range(cfg.steps):
@@ -87,7 +102,7 @@ def run_arm(args) -> dict:
             for key in totals:
                 totals[key] += metrics[key]
         wall = time.perf_counter() - wall
-    episodes = (cfg.steps - 1) * cfg.batch_size
+    episodes = (cfg.steps - 1) * cfg.rows_per_process
     busy = sum(totals.values())
     return {"arm": args.arm, "hidden": args.hidden, "layers": args.layers, "vocab": args.vocab, "batch": args.batch,
             "new_tokens": args.new_tokens, "timed_steps": cfg.steps - 1, "episodes_per_s": round(episodes / busy, 3),
@@ -99,7 +114,7 @@ def run_arm(args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arm", choices=["separate", "lora"], help="run one arm in this process (internal)")
+    parser.add_argument("--arm", choices=["separate", "lora", "grpo_lora"], help="run one arm in this process (internal)")
     parser.add_argument("--hidden", type=int, default=384)
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--vocab", type=int, default=8000)
@@ -115,7 +130,7 @@ def main() -> None:
         return
     rows = []
     forwarded = [a for a in sys.argv[1:]]
-    for arm in ("separate", "lora"):
+    for arm in ("separate", "lora", "grpo_lora"):
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads)}
         out = subprocess.run([sys.executable, __file__, "--arm", arm, *forwarded], env=env, capture_output=True,
                              text=True, check=True)
@@ -128,9 +143,11 @@ def main() -> None:
     for r in rows:
         print(f"{r['arm']:<9} {r['episodes_per_s']:>10} {r['generate_s']:>10} {r['score_s']:>8} {r['update_s']:>8} "
               f"{r['param_mib']:>10} {r['peak_rss_mib']:>12}")
-    sep, lora = rows
+    sep, lora, grpo = rows
     print(f"lora / separate: params {lora['param_mib'] / sep['param_mib']:.2f}x, peak RSS "
           f"{lora['peak_rss_mib'] / sep['peak_rss_mib']:.2f}x, episodes/s {lora['episodes_per_s'] / sep['episodes_per_s']:.2f}x")
+    print(f"grpo_lora / lora: params {grpo['param_mib'] / lora['param_mib']:.2f}x, peak RSS "
+          f"{grpo['peak_rss_mib'] / lora['peak_rss_mib']:.2f}x (one base instead of two, no critic)")
     for r in rows:
         print(json.dumps(r))
 

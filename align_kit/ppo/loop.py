@@ -201,9 +201,30 @@ class PPOTrainer:
     # ---- one step -----------------------------------------------------------------------------------
 
     def step(self) -> dict:
-        """One PPO step: rollout, advantages, ``ppo_epochs`` of minibatch updates. Returns averaged metrics."""
+        """One RL step: rollout, advantages, ``ppo_epochs`` of minibatch updates. Returns averaged metrics."""
         cfg, acc = self.cfg, self.acc
-        indices = self._batch_indices(self.step_done)
+        exp, sources, timings = self._rollout(self._batch_indices(self.step_done))
+        metrics = self._rollout_metrics(exp, sources)
+        self._guard(metrics, ("score", "kl") + (("value_mean",) if self.critic is not None else ()))
+        if cfg.kl_limit is not None and metrics["kl"] > cfg.kl_limit:
+            self._stop(f"mean KL to the reference {metrics['kl']:.3f} exceeds kl_limit {cfg.kl_limit}")
+        clock = time.perf_counter()
+        metrics.update(self._update(exp))
+        timings["time_update"] = time.perf_counter() - clock
+        metrics.update(timings)  # seconds on the main process (the slowest rank sets the pace anyway)
+        self.kl_ctl.update(metrics["kl"], cfg.rows_per_process * acc.num_processes)
+        self.step_done += 1
+        metrics["step"] = self.step_done
+        if self.step_done % cfg.sample_steps == 0 or self.step_done == 1:
+            self._log_samples(exp)
+        return metrics
+
+    def _rollout(self, indices: list[int]) -> tuple[Experience, dict[str, torch.Tensor], dict[str, float]]:
+        """Generate for the prompts ``indices`` (groups in adjacent rows), score, and fill the advantages.
+
+        Returns the experience, each reward source's ``(B,)`` raw values, and the generation/scoring seconds. A
+        reward function that fails on any process stops every process here, before the next collective."""
+        cfg, acc = self.cfg, self.acc
         query_ids, query_mask = left_pad([self.prompts[i] for i in indices], self.pad_id)
         policy_u = acc.unwrap_model(self.policy)
         critic_u = acc.unwrap_model(self.critic) if self.critic is not None else None
@@ -236,7 +257,11 @@ class PPOTrainer:
                            advice="fix the function, or set ppo.reward_on_error: fallback, and resume")
         add_advantages(exp, cfg, self.kl_ctl.kl_coef)
         timings["time_score"] = time.perf_counter() - clock
-        mask = exp.response_mask
+        return exp, sources, timings
+
+    def _rollout_metrics(self, exp: Experience, sources: dict[str, torch.Tensor]) -> dict:
+        """The rollout's numbers, averaged over processes (counts summed)."""
+        cfg, acc, mask = self.cfg, self.acc, exp.response_mask
         # KL per response, summed over its tokens with k3 (unbiased and never negative, unlike k1), whatever
         # estimator the reward uses: the controller, kl_limit and the logs all read this one number.
         k3 = kl_per_token(exp.logprobs, exp.ref_logprobs, "k3")
@@ -255,29 +280,16 @@ class PPOTrainer:
             names.append("groups_all_equal")
             values.append(all_equal_groups(exp.scores.float().cpu(), cfg.num_generations).float().mean())
         rollout_stats = torch.stack([torch.as_tensor(v).float().cpu() for v in values])
-        stats = acc.reduce(rollout_stats.to(acc.device), reduction="mean").tolist()
-        metrics = dict(zip(names, stats))
+        metrics = dict(zip(names, acc.reduce(rollout_stats.to(acc.device), reduction="mean").tolist()))
         if cfg.dynamic_sampling:  # groups left out of the loss this step, over all processes
             dropped = torch.tensor(float((~exp.keep).sum().item() // cfg.num_generations), device=acc.device)
             metrics["groups_dropped"] = acc.reduce(dropped, reduction="sum").item()
         if self.rewarder is not None and self.rewarder.on_error == "fallback":
-            counts = torch.tensor([float(self.rewarder.fallbacks[n]) for n in sorted(self.rewarder.fallbacks)],
-                                  device=acc.device)
-            for name, count in zip(sorted(self.rewarder.fallbacks), acc.reduce(counts, reduction="sum").tolist()):
+            names = sorted(self.rewarder.fallbacks)
+            counts = torch.tensor([float(self.rewarder.fallbacks[n]) for n in names], device=acc.device)
+            for name, count in zip(names, acc.reduce(counts, reduction="sum").tolist()):
                 metrics[f"reward_fallbacks/{name}"] = count  # running totals since this process started
         metrics["kl_coef"] = self.kl_ctl.kl_coef
-        self._guard(metrics, ("score", "kl") + (("value_mean",) if self.critic is not None else ()))
-        if cfg.kl_limit is not None and metrics["kl"] > cfg.kl_limit:
-            self._stop(f"mean KL to the reference {metrics['kl']:.3f} exceeds kl_limit {cfg.kl_limit}")
-        clock = time.perf_counter()
-        metrics.update(self._update(exp))
-        timings["time_update"] = time.perf_counter() - clock
-        metrics.update(timings)  # seconds on the main process (the slowest rank sets the pace anyway)
-        self.kl_ctl.update(metrics["kl"], cfg.rows_per_process * acc.num_processes)
-        self.step_done += 1
-        metrics["step"] = self.step_done
-        if self.step_done % cfg.sample_steps == 0 or self.step_done == 1:
-            self._log_samples(exp)
         return metrics
 
     def _update(self, exp: Experience) -> dict:
