@@ -221,7 +221,8 @@ def test_grpo_from_the_quickstart_sft_model_lifts_the_verifier(quickstart, tmp_p
     """recipes/tiny/grpo.yaml from the quickstart's SFT model, the verifier as the only reward (no reward model,
     no critic, no reference): held-out greedy verifier accuracy rises. Measured on 200 held-out prompts from
     the SFT model at 0.80 (2-core CPU): seed 42 0.825, seed 1 0.825, seed 2 0.845, so a lift of at least 0.025
-    on every seed measured; the margin below (0.02) leaves half a prompt of slack. benchmarks/rl_seeds.py runs
+    on every seed measured; the margin below (0.02) leaves one prompt of slack. Measured with
+    `align-kit train recipes/tiny/grpo.yaml seed=N`; benchmarks/bench_rl.py --seeds runs
     the seeds."""
     from align_kit.config import load_recipe
     from align_kit.stages import run_stage
@@ -237,3 +238,30 @@ def test_grpo_from_the_quickstart_sft_model_lifts_the_verifier(quickstart, tmp_p
     log = logs(out)
     assert len(log) == 12 and all("reward/verify" in row for row in log)  # 120 steps, logged every 10
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-120", "checkpoint-80"]
+
+
+def test_data_inspect_shows_the_templated_prompt_and_its_reference(capsys, tmp_path, shared, monkeypatch):
+    """An RL recipe's row: the prompt as the policy sees it (chat template + generation prompt) and the
+    reference fields its reward functions receive: the quickstart's conversations, and FLAN CoT prompt rows."""
+    import yaml
+
+    from align_kit.cli import main
+
+    root = HERE.parents[1]
+    assert main(["data", "inspect", str(root / "recipes/tiny/grpo.yaml"), "model.name_or_path=builtin:tiny-llama",
+                 "--row", "2"]) == 0
+    out = capsys.readouterr().out
+    prompt = json.loads((root / "align_kit/quickstart/sft_train.jsonl").read_text().splitlines()[1])["messages"]
+    assert f"user<|end_header_id|>\n\n{prompt[0]['content']}<|eot_id|>" in out
+    assert out.rstrip().endswith(f'reference: {{"answer": "{prompt[1]["content"]}"}}')
+    assert "<|start_header_id|>assistant<|end_header_id|>\n\n\nreference:" in out  # generation prompt, then nothing
+    recipe = tmp_path / "flan.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "stage": "ppo", "model": {"name_or_path": "builtin:tiny-llama"},
+        "data": {"train": [{"name": "flan_cot", "split": "creak", "max_rows": 3}], "eval_fraction": 0},
+        "ppo": {"prompts_from": "prompts", "rewards": [{"verifier": "answer_is"}]},
+        "trainer": {"advantage_estimator": "grpo", "num_generations": 2, "batch_size": 2, "mini_batch_size": 4}}))
+    monkeypatch.setenv("ALIGN_KIT_SHARED", str(shared))
+    assert main(["data", "inspect", str(recipe), "--row", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "Is the claim above correct" in out and '"answer": "' in out and '"rationale": ' in out
