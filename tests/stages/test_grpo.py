@@ -221,7 +221,7 @@ def test_grpo_from_the_quickstart_sft_model_lifts_the_verifier(quickstart, tmp_p
     """recipes/tiny/grpo.yaml from the quickstart's SFT model, the verifier as the only reward (no reward model,
     no critic, no reference): held-out greedy verifier accuracy rises. Measured on 200 held-out prompts from
     the SFT model at 0.80 (2-core CPU): seed 42 0.825, seed 1 0.825, seed 2 0.845, so a lift of at least 0.025
-    on every seed measured; the margin below (0.02) leaves one prompt of slack. Measured with
+    on every seed measured; the margin below (0.015: at least 4 of 200 prompts) leaves one prompt of slack. Measured with
     `align-kit train recipes/tiny/grpo.yaml seed=N`; benchmarks/bench_rl.py --seeds runs
     the seeds."""
     from align_kit.config import load_recipe
@@ -233,7 +233,7 @@ def test_grpo_from_the_quickstart_sft_model_lifts_the_verifier(quickstart, tmp_p
     out = run_stage(recipe)
     evals = json.loads((out / "eval.json").read_text())
     before, after = evals["before"]["verifier_accuracy"], evals["after"]["verifier_accuracy"]
-    assert after > before + 0.02, (before, after)
+    assert after > before + 0.015, (before, after)
     assert "reward_mean" not in evals["after"]  # no reward model to score with
     log = logs(out)
     assert len(log) == 12 and all("reward/verify" in row for row in log)  # 120 steps, logged every 10
