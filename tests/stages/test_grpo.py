@@ -221,9 +221,8 @@ def test_grpo_from_the_quickstart_sft_model_lifts_the_verifier(quickstart, tmp_p
     """recipes/tiny/grpo.yaml from the quickstart's SFT model, the verifier as the only reward (no reward model,
     no critic, no reference): held-out greedy verifier accuracy rises. Measured on 200 held-out prompts from
     the SFT model at 0.80 (2-core CPU): seed 42 0.825, seed 1 0.825, seed 2 0.845, so a lift of at least 0.025
-    on every seed measured; the margin below (0.015: at least 4 of 200 prompts) leaves one prompt of slack. Measured with
-    `align-kit train recipes/tiny/grpo.yaml seed=N`; benchmarks/bench_rl.py --seeds runs
-    the seeds."""
+    on every seed measured; the margin below (0.015: at least 4 of 200 prompts) leaves one prompt of slack.
+    Measured with `align-kit train recipes/tiny/grpo.yaml seed=N`; benchmarks/bench_rl.py --seeds runs seeds."""
     from align_kit.config import load_recipe
     from align_kit.stages import run_stage
 
