@@ -164,6 +164,13 @@ class PPOConfig:
         return self.kl_coef > 0 or self.adaptive_kl or self.kl_limit is not None
 
     @property
+    def needs_rollout_logprobs(self) -> bool:
+        """Whether the rollout runs the policy over its samples. A critic-free run with no KL and one optimiser
+        step per rollout (one epoch, one update) is on-policy: the update's own log-probs, detached, are the old
+        ones (ratio 1, the gradient of plain policy gradient), so that forward is skipped, as TRL's GRPO does."""
+        return self.uses_critic or self.needs_reference or self.ppo_epochs > 1 or self.updates_per_epoch > 1
+
+    @property
     def rows_per_process(self) -> int:
         """Responses per process per step: batch_size prompts x num_generations."""
         return self.batch_size * self.num_generations

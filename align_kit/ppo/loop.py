@@ -369,7 +369,9 @@ class PPOTrainer:
         logprobs = logprobs_of(logits, mb.response_ids)
         low = cfg.clip_range if cfg.clip_range_low is None else cfg.clip_range_low
         high = cfg.clip_range if cfg.clip_range_high is None else cfg.clip_range_high
-        pg = policy_loss(logprobs, mb.logprobs, mb.advantages, mask, low, cfg.approx_kl_estimator,
+        # on-policy runs skip the rollout forward: the policy has not moved since sampling, so these are the old ones
+        old = mb.logprobs if cfg.needs_rollout_logprobs else logprobs.detach()
+        pg = policy_loss(logprobs, old, mb.advantages, mask, low, cfg.approx_kl_estimator,
                          clip_range_high=high, aggregation=cfg.loss_aggregation, max_tokens=cfg.max_new_tokens)
         entropy = entropy_from_logits(logits, mask)
         loss = pg.loss - cfg.entropy_coef * entropy

@@ -93,7 +93,8 @@ def score_responses(models: PPOModels, policy: torch.nn.Module, critic: torch.nn
     """Cut sampled ``(B, T)`` responses at their stop id and collect log-probs, values and scores.
 
     Forwards run in chunks of ``cfg.mini_batch_size`` rows to bound activation memory. Without a critic the
-    values are 0; without a reference (no KL used) the reference log-probs are the policy's. The raw score is
+    values are 0; without a reference (no KL used) the reference log-probs are the policy's; an on-policy
+    critic-free run (``cfg.needs_rollout_logprobs`` false) stores 0 as log-probs and the update uses its own. The raw score is
     the reward model's, or, with ``reward_fn``, ``reward_fn(response_ids, response_mask, model_scores)``:
     ``(B, T)`` cut ids, their mask and the ``(B,)`` reward-model scores (None without a reward model) ->
     ``(B,)`` scores (the weighted mix of the reward sources, :class:`align_kit.ppo.rewards.Rewarder`).
@@ -106,9 +107,12 @@ def score_responses(models: PPOModels, policy: torch.nn.Module, critic: torch.nn
     for start in range(0, ids.shape[0], cfg.mini_batch_size):
         rows = slice(start, start + cfg.mini_batch_size)
         c_ids, c_mask, c_resp = ids[rows], mask[rows], response_ids[rows]
-        logits = causal_logits(policy, c_ids, c_mask)
-        parts["logprobs"].append(_response_logprobs(logits, c_resp, prompt_len, cfg.temperature))
-        del logits
+        if cfg.needs_rollout_logprobs:
+            logits = causal_logits(policy, c_ids, c_mask)
+            parts["logprobs"].append(_response_logprobs(logits, c_resp, prompt_len, cfg.temperature))
+            del logits
+        else:  # on-policy (see PPOConfig.needs_rollout_logprobs): the update supplies them; 0 as placeholders
+            parts["logprobs"].append(torch.zeros(c_resp.shape, dtype=torch.float32, device=c_resp.device))
         if cfg.needs_reference:
             ref_logits = models.reference_forward(policy, c_ids, c_mask)
             parts["ref_logprobs"].append(_response_logprobs(ref_logits, c_resp, prompt_len, cfg.temperature))

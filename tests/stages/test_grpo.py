@@ -85,6 +85,24 @@ def test_critic_free_estimators_build_only_the_policy_and_train_it(ckpts, tokeni
     assert (tmp_path / "model" / "model.safetensors").exists()
 
 
+def test_on_policy_run_skips_the_rollout_forward_and_updates_the_same(ckpts, tokenizer, tmp_path, monkeypatch):
+    """One epoch, one update, no KL, no critic: the rollout's policy forward is skipped (the update's log-probs,
+    detached, are the old ones), and the weights come out as with that forward."""
+    cfg = make_cfg(steps=2, ppo_epochs=1, mini_batch_size=4, gradient_accumulation_steps=2)  # 8 rows: one update
+    assert not cfg.needs_rollout_logprobs and make_cfg().needs_rollout_logprobs  # 2 epochs need them
+    fast = trainer_for(cfg, ckpts, tokenizer, tmp_path / "fast")
+    fast.train()
+    monkeypatch.setattr(PPOConfig, "needs_rollout_logprobs", property(lambda self: True))
+    slow = trainer_for(cfg, ckpts, tokenizer, tmp_path / "slow")
+    slow.train()
+    a, b = trained(fast.models.policy), trained(slow.models.policy)
+    assert all(torch.allclose(a[n], b[n], atol=1e-6) for n in a)
+    assert any(not torch.equal(a[n], p) for n, p in trained(ppo_tests.AutoCausalLM(ckpts[0])).items())
+    fast_log, slow_log = logs(tmp_path / "fast"), logs(tmp_path / "slow")
+    assert [r["approx_kl"] for r in fast_log] == [0.0, 0.0]  # exactly on-policy
+    assert [r["score"] for r in fast_log] == [r["score"] for r in slow_log]  # the same samples
+
+
 def test_kl_loss_term_loads_a_reference_and_logs_it(ckpts, tokenizer, tmp_path):
     trainer = trainer_for(make_cfg(steps=2, kl_coef=0.1), ckpts, tokenizer, tmp_path)
     assert trainer.models.reference is not None and trainer.models.critic is None
