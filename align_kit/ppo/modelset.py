@@ -84,6 +84,20 @@ class PPOModels:
     def trainable(self) -> list[nn.Module]:
         return [m for m in (self.policy, self.critic) if m is not None]
 
+    def describe(self) -> str:
+        """Which roles this run holds and where each lives, for the log.
+
+        >>> PPOModels(nn.Linear(1, 1), None, None, None).describe()
+        'policy: trained; reference: none (no KL); critic: none; reward model: none (reward functions)'
+        """
+        lora = self.mode == "lora"
+        reference = "the policy's base, adapter off" if lora else "frozen copy" if self.reference else "none (no KL)"
+        critic = "none" if self.critic is None else "LoRA adapter + own head on the reward base" if lora else "trained"
+        reward = ("frozen" if self.reward is not None else "the critic's base, adapter off" if lora and self.critic
+                  else "none (reward functions)")
+        return (f"policy: {'LoRA adapter on the SFT base' if lora else 'trained'}; reference: {reference}; "
+                f"critic: {critic}; reward model: {reward}")
+
     @property
     def has_reward_model(self) -> bool:
         return self.reward is not None or (self.mode == "lora" and self.critic is not None)

@@ -218,6 +218,8 @@ def run(recipe) -> Path:
     common.check_processes_joined(acc)
     models = build_models(cfg, str(policy_dir), str(reward_dir) if reward_dir else None,
                           dtype=resolve_dtype(recipe.model.dtype), pad_token_id=tokenizer.pad_token_id)
+    if acc.is_main_process:
+        log.info("ppo: advantage_estimator %s; %s", cfg.advantage_estimator, models.describe())
     rewarder = None
     if opts.rewards:
         rewarder = Rewarder(resolve_sources(opts.rewards), opts.reward_model_weight if reward_dir else None,
