@@ -203,6 +203,9 @@ def test_reward_sources_refused_at_recipe_load():
     for opts, message in cases:
         with pytest.raises(ConfigError, match=message):
             recipe_from_dict({**base, "ppo": opts})
+    with pytest.raises(ConfigError, match=r"batch_size x num_generations = 3 x 2 = 6 rows per process"):
+        recipe_from_dict({**base, "ppo": {"rewards": [{"verifier": "exact"}]},
+                          "trainer": {**base["trainer"], "batch_size": 3}})
     with pytest.raises(ConfigError, match="gae learns a critic from the reward model"):
         recipe_from_dict({**base, "ppo": {"rewards": [{"verifier": "exact"}]}, "trainer": {}})
 
