@@ -285,3 +285,26 @@ def test_data_inspect_shows_the_templated_prompt_and_its_reference(capsys, tmp_p
     assert main(["data", "inspect", str(recipe), "--row", "1"]) == 0
     out = capsys.readouterr().out
     assert "Is the claim above correct" in out and '"answer": "' in out and '"rationale": ' in out
+
+
+def test_grpo_recipe_under_accelerate_launch_with_two_processes(ckpts, tmp_path):
+    """The stage itself under ``accelerate launch --multi_gpu --num_processes 2``: the quickstart verifier as the only
+    reward, each process its own prompts and whole groups, the before/after evaluation on the main process."""
+    import yaml
+
+    recipe = tmp_path / "grpo.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "stage": "ppo", "output_dir": str(tmp_path / "out"), "seed": 3, "model": {"name_or_path": str(ckpts[0])},
+        "data": {"train": [{"name": "quickstart-tasks", "split": "train", "max_rows": 16}],
+                 "eval": [{"name": "quickstart-tasks", "split": "test", "max_rows": 4}]},
+        "ppo": {"rewards": [{"function": "align_kit.quickstart.tasks:verify"}],
+                "verifier": "align_kit.quickstart.tasks:verify", "eval_max_new_tokens": 4},
+        "trainer": {"advantage_estimator": "rloo", "num_generations": 4, "batch_size": 1, "mini_batch_size": 2,
+                    "gradient_accumulation_steps": 2, "steps": 2, "max_new_tokens": 4, "save_steps": 2}}))
+    proc = launch_two_processes("-m", "align_kit", "train", str(recipe), timeout=240)
+    assert "critic: none; reward model: none (reward functions)" in proc.stderr
+    out = tmp_path / "out"
+    assert (out / "model" / "model.safetensors").exists() and (out / "checkpoint-2" / "rng_state_1.pt").exists()
+    evals = json.loads((out / "eval.json").read_text())
+    assert evals["before"]["prompts"] == evals["after"]["prompts"] == 4
+    assert [row["step"] for row in logs(out)] == [1, 2] and "reward/verify" in logs(out)[0]
