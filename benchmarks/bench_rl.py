@@ -159,7 +159,7 @@ def main() -> None:
     parser.add_argument("--gens", type=int, default=8)
     parser.add_argument("--max-new", type=int, default=10)
     parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--eval-prompts", type=int, default=200)
+    parser.add_argument("--eval-prompts", type=int, default=240)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     if args.worker:

@@ -240,10 +240,10 @@ def test_two_processes_run_grpo_to_the_end_and_resume(ckpts, tmp_path):
 
 def test_grpo_from_the_quickstart_sft_model_lifts_the_verifier(quickstart, tmp_path):
     """recipes/tiny/grpo.yaml from the quickstart's SFT model, the verifier as the only reward (no reward model,
-    no critic, no reference): held-out greedy verifier accuracy rises. Measured on 200 held-out prompts from
-    the SFT model at 0.80 (2-core CPU): seed 42 0.825, seed 1 0.825, seed 2 0.845, so a lift of at least 0.025
-    on every seed measured; the margin below (0.015: at least 4 of 200 prompts) leaves one prompt of slack.
-    Measured with `align-kit train recipes/tiny/grpo.yaml seed=N`; benchmarks/bench_rl.py --seeds runs seeds."""
+    no critic, no reference): held-out greedy verifier accuracy rises. Measured on the 240 held-out prompts of
+    the current task family from the SFT model at 0.7625 (2-core CPU, `align-kit train recipes/tiny/grpo.yaml
+    seed=N`): seed 42 1.00, seed 1 1.00, seed 2 0.983, a lift of at least 0.22 on every seed; the margin below
+    (0.15, 36 of 240 prompts) leaves room for other CPUs and seeds."""
     from align_kit.config import load_recipe
     from align_kit.stages import run_stage
 
@@ -253,7 +253,7 @@ def test_grpo_from_the_quickstart_sft_model_lifts_the_verifier(quickstart, tmp_p
     out = run_stage(recipe)
     evals = json.loads((out / "eval.json").read_text())
     before, after = evals["before"]["verifier_accuracy"], evals["after"]["verifier_accuracy"]
-    assert after > before + 0.015, (before, after)
+    assert after > before + 0.15, (before, after)
     assert "reward_mean" not in evals["after"]  # no reward model to score with
     log = logs(out)
     assert len(log) == 12 and all("reward/verify" in row for row in log)  # 120 steps, logged every 10
