@@ -93,3 +93,28 @@ class SkipReport:
     def to_dict(self) -> dict:
         return {"source": self.source, "kept": self.kept, "rejected": self.rejected,
                 "reasons": dict(self.reasons), "examples": self.examples}
+
+
+def convert_rows(records, convert, *, skip: bool = False, report: SkipReport | None = None):
+    """Yield ``convert(row, record)`` for each ``(row, record)``: a ``DataError`` is raised, or in skip mode
+    counted in ``report`` by reason; kept rows are counted too.
+
+    >>> def half(row, value):
+    ...     if value % 2:
+    ...         raise DataError("f.jsonl", row, "n", str(value), "an even number")
+    ...     return value // 2
+    >>> r = SkipReport("f.jsonl"); list(convert_rows([(1, 4), (2, 5)], half, skip=True, report=r)), r.summary()
+    ([2], 'f.jsonl: kept 1, rejected 1 (an even number: 1)')
+    """
+    for row, record in records:
+        try:
+            out = convert(row, record)
+        except DataError as err:
+            if not skip:
+                raise
+            if report is not None:
+                report.add(err)
+            continue
+        if report is not None:
+            report.kept += 1
+        yield out

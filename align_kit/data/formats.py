@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from align_kit.data.tools import next_roles, normalise_tools, tool_calls
-from align_kit.errors import DataError, describe
+from align_kit.errors import DataError, convert_rows, describe
 
 INSTRUCTION_FORMATS = ("alpaca", "flan", "flan_cot", "sharegpt", "messages")
 FLAN_COT_COLUMNS = ["question", "answer", "rationale"]
@@ -308,14 +308,5 @@ def to_conversation(record: dict, fmt: str = "auto", source: str = "<record>", r
 def convert_records(records: Iterable[tuple[int, dict]], fmt: str, source: str, *, skip: bool = False,
                     report=None, columns: dict[str, str] | None = None) -> Iterator[dict]:
     """Convert ``(row, record)`` pairs; ``skip`` drops bad rows into ``report`` (a SkipReport) instead of raising."""
-    for row, rec in records:
-        try:
-            conversation = to_conversation(rec, fmt, source, row, columns)
-        except DataError as err:
-            if not skip:
-                raise
-            report.add(err)
-            continue
-        if report is not None:
-            report.kept += 1
-        yield conversation
+    yield from convert_rows(records, lambda row, rec: to_conversation(rec, fmt, source, row, columns),
+                            skip=skip, report=report)

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from align_kit.data.io import read_records
-from align_kit.errors import DataError, SkipReport, describe
+from align_kit.errors import DataError, SkipReport, convert_rows, describe
 
 FORMATS = ("hh_rlhf", "preference", "sharegpt", "paired", "unpaired")
 # Spellings used in other tools' docs; accepted so a recipe or card can use either.
@@ -303,20 +303,14 @@ def convert_records(records: Iterable[tuple[int, dict]], fmt: str | None, source
     format is reported as malformed rather than silently converted differently.
     """
     fmt = normalise_format(fmt)
-    for row, record in records:
-        try:
-            if fmt is None:
-                fmt = detect_format({(columns or {}).get(k, k): v for k, v in record.items()}, source, row)
-            out = to_preference(record, fmt, source, row, columns)
-        except DataError as err:
-            if not skip:
-                raise
-            if report is not None:
-                report.add(err)
-            continue
-        if report is not None:
-            report.kept += 1
-        yield out
+
+    def convert(row: int, record: dict) -> dict:
+        nonlocal fmt
+        if fmt is None:
+            fmt = detect_format({(columns or {}).get(k, k): v for k, v in record.items()}, source, row)
+        return to_preference(record, fmt, source, row, columns)
+
+    yield from convert_rows(records, convert, skip=skip, report=report)
 
 
 def load_preference(path: str | Path, fmt: str | None = None, skip: bool = False) -> tuple[list[dict], SkipReport]:

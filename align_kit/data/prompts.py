@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from align_kit.errors import DataError, describe
+from align_kit.errors import DataError, convert_rows, describe
 
 PROMPT_FORMATS = ("prompts", "flan_cot", "gsm8k")
 
@@ -78,14 +78,5 @@ def to_prompt_row(record: dict, fmt: str = "auto", source: str = "<record>", row
 def convert_prompt_records(records: Iterable[tuple[int, dict]], fmt: str, source: str, *, skip: bool = False,
                            report=None, columns: dict[str, str] | None = None) -> Iterator[dict]:
     """Convert ``(row, record)`` pairs; ``skip`` drops bad rows into ``report`` (a SkipReport) instead of raising."""
-    for row, rec in records:
-        try:
-            out = to_prompt_row(rec, fmt, source, row, columns)
-        except DataError as err:
-            if not skip:
-                raise
-            report.add(err)
-            continue
-        if report is not None:
-            report.kept += 1
-        yield out
+    yield from convert_rows(records, lambda row, rec: to_prompt_row(rec, fmt, source, row, columns),
+                            skip=skip, report=report)

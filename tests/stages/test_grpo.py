@@ -238,6 +238,7 @@ def test_two_processes_run_grpo_to_the_end_and_resume(ckpts, tmp_path):
         tmp_path / "cut" / "model" / "model.safetensors").read_bytes()
 
 
+@pytest.mark.xdist_group("quickstart")  # after the pipeline, on its worker: the other one never waits on its lock
 def test_grpo_from_the_quickstart_sft_model_lifts_the_verifier(quickstart, tmp_path):
     """recipes/tiny/grpo.yaml from the quickstart's SFT model, the verifier as the only reward (no reward model,
     no critic, no reference): held-out greedy verifier accuracy rises. Measured on the 240 held-out prompts
