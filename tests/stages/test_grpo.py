@@ -241,11 +241,10 @@ def test_two_processes_run_grpo_to_the_end_and_resume(ckpts, tmp_path):
 @pytest.mark.xdist_group("quickstart")  # after the pipeline, on its worker: the other one never waits on its lock
 def test_grpo_from_the_quickstart_sft_model_lifts_the_verifier(quickstart, tmp_path):
     """recipes/tiny/grpo.yaml from the quickstart's SFT model, the verifier as the only reward (no reward model,
-    no critic, no reference): held-out greedy verifier accuracy rises. Measured on the 240 held-out prompts
-    (2-core CPU): this test, from the quickstart fixture's SFT model, 0.771 -> 1.00; from a 12-epoch SFT model at
-    0.7625 (`align-kit train recipes/tiny/grpo.yaml seed=N`) seed 42 1.00, seed 1 1.00, seed 2 0.983: a lift of
-    at least 0.22 every time. The margin below (0.15, 36 of 240 prompts) leaves room for other CPUs and seeds;
-    benchmarks/quickstart_seeds.py --rl recipes/tiny/grpo.yaml gives the seeds table."""
+    no critic, no reference): held-out greedy verifier accuracy rises. Over seeds 0-4 of the seeds table
+    (benchmarks/RESULTS.md, `python benchmarks/quickstart_seeds.py --rl recipes/tiny/grpo.yaml`) it went
+    0.742 [0.708, 0.771] -> 0.979 [0.833, 1.000], a lift of +0.091 to +0.271 (seed 0, this test: 0.771 -> 1.000).
+    The margin below (0.05, 12 of 240 prompts) is under the smallest lift."""
     from align_kit.config import load_recipe
     from align_kit.stages import run_stage
 
@@ -255,7 +254,7 @@ def test_grpo_from_the_quickstart_sft_model_lifts_the_verifier(quickstart, tmp_p
     out = run_stage(recipe)
     evals = json.loads((out / "eval.json").read_text())
     before, after = evals["before"]["verifier_accuracy"], evals["after"]["verifier_accuracy"]
-    assert after > before + 0.15, (before, after)
+    assert after >= before + 0.05, (before, after)  # lift over seeds: [+0.091, +0.271]
     assert "reward_mean" not in evals["after"]  # no reward model to score with
     log = logs(out)
     assert len(log) == 12 and all("reward/verify" in row for row in log)  # 120 steps, logged every 10
