@@ -25,6 +25,13 @@ def _reward(out) -> dict:
             "trainer": {"max_steps": 1, "save_strategy": "no"}}
 
 
+def _ppo(out) -> dict:
+    return {"stage": "ppo", "output_dir": str(out), "model": {"name_or_path": "builtin:tiny-llama"},
+            "data": {"train": [{"name": "quickstart-tasks", "max_rows": 40}]},
+            "ppo": {"rewards": [{"function": "align_kit.quickstart.tasks:verify"}]},
+            "trainer": {"steps": 1, "batch_size": 4, "mini_batch_size": 4}}
+
+
 def _set(raw: dict, dotted: str, value) -> dict:
     raw = copy.deepcopy(raw)
     node = raw
@@ -53,6 +60,8 @@ CASES = [
      ["sft.verifier_max_new_tokens", "found 0", "at least 1"]),
     ("options_block", _sft, "options", {"verifier": "x:y"}, ["options: not a recipe key", "'sft:'"]),
     ("source_key", _sft, "source", "elsewhere.yaml", ["source: not a recipe key", "set to the recipe file's path"]),
+    ("ppo_kl_coef_neg", _ppo, "trainer.kl_coef", -1, ["kl_coef = -1", "expected a number >= 0"]),
+    ("ppo_vf_coef_neg", _ppo, "trainer.vf_coef", -1, ["vf_coef = -1", "expected a number >= 0"]),
 ]
 
 
