@@ -6,6 +6,25 @@ import os
 import tempfile
 from pathlib import Path
 
+# One paragraph of ordinary English prose that every quality filter keeps (tests/unit/test_clean.py checks it).
+PROSE = ("The river runs through the old town and past the mill that was built with stone from the hills. "
+         "Children play by the water in summer, and the bakers open their shops to the people who have come "
+         "to see the festival of lights held each year in the square. ")
+
+
+def f64(rows):
+    """A float64 tensor: the RL and PPO math tests compare with values worked by hand."""
+    import torch
+
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def close(actual, expected, tol: float = 1e-9) -> None:
+    """``actual`` equals ``expected`` to ``tol`` (absolute), with both in the message when it does not."""
+    import torch
+
+    assert torch.allclose(actual, torch.as_tensor(expected, dtype=actual.dtype), atol=tol, rtol=0), (actual, expected)
+
 
 def sentencepiece_tokenizer(model_file: Path, legacy: bool):
     """A fast Llama-style tokenizer converted from a raw SentencePiece ``.model`` file.

@@ -6,12 +6,9 @@ import json
 from collections import Counter
 
 import pytest
+from helpers import PROSE
 
 from align_kit.data.clean import QualityThresholds, detect_language, quality_verdict, words
-
-PROSE = ("The river runs through the old town and past the mill that was built with stone from the hills. "
-         "Children play by the water in summer, and the bakers open their shops to the people who have come "
-         "to see the festival of lights held each year in the square. ")
 
 
 def test_clean_english_prose_is_kept():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import yaml
+from helpers import PROSE
 
 from align_kit.cli import main
 from align_kit.data.clean import quality_verdict
@@ -16,10 +17,6 @@ from align_kit.data.pipeline import (
     QualityFilter,
     run_pipeline,
 )
-
-PROSE = ("The river runs through the old town and past the mill that was built with stone from the hills. "
-         "Children play by the water in summer, and the bakers open their shops to the people who have come "
-         "to see the festival of lights held each year in the square. ")
 
 
 def _jsonl(path, rows):

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from helpers import close, f64
 
 from align_kit.ppo.advantages import (
     gae,
@@ -19,14 +20,7 @@ from align_kit.ppo.kl import AdaptiveKLController, FixedKLController, kl_per_tok
 from align_kit.ppo.losses import entropy_from_logits, explained_variance, logprobs_of, policy_loss, value_loss
 
 D = torch.float64
-
-
-def t(rows):
-    return torch.tensor(rows, dtype=D)
-
-
-def close(actual: torch.Tensor, expected, tol: float = 1e-9) -> None:
-    assert torch.allclose(actual, torch.as_tensor(expected, dtype=actual.dtype), atol=tol, rtol=0), (actual, expected)
+t = f64  # short: the tests below write many small tensors
 
 
 # ---- masked statistics and whitening -------------------------------------------------------------

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from helpers import close, f64
 
 from align_kit.errors import ConfigError
 from align_kit.ppo.advantages import (
@@ -21,14 +22,7 @@ from align_kit.ppo.losses import aggregate, policy_loss
 from align_kit.ppo.rollout import add_advantages
 
 D = torch.float64
-
-
-def t(rows):
-    return torch.tensor(rows, dtype=D)
-
-
-def close(actual: torch.Tensor, expected, tol: float = 1e-9) -> None:
-    assert torch.allclose(actual, torch.as_tensor(expected, dtype=actual.dtype), atol=tol, rtol=0), (actual, expected)
+t = f64  # short: the tests below write many small tensors
 
 
 # ---- group baselines ------------------------------------------------------------------------------------

@@ -89,12 +89,19 @@ def test_skip_mode_counts_by_reason():
     assert sum(v for k, v in report.reasons.items() if "tool results" in k) == 1
 
 
-def test_rendered_in_the_model_tool_format_and_tool_calls_trained(shared):
+def _qwen_with_tool_tokens(shared):
+    """The shared Qwen2 tokenizer with <tool_call> tokens and its family's template applied."""
     tok = qwen2_tokenizer(shared)
     tok.add_tokens(["<tool_call>", "</tool_call>"])
     fam = get_family("qwen")
     tpl = detect_template(fam, tok.get_vocab())
     apply_family(tok, tpl, fam)
+    tok.align_kit_template = tpl.name
+    return tok, tpl
+
+
+def test_rendered_in_the_model_tool_format_and_tool_calls_trained(shared):
+    tok, tpl = _qwen_with_tool_tokens(shared)
     conv = to_conversation(LLAMA_FACTORY)
     t = tokenize_conversation(tok, conv["messages"], stop_token_ids(tok, tpl), tools=conv["tools"])
     text = tok.decode(t.input_ids, skip_special_tokens=False)
@@ -121,12 +128,7 @@ def test_sft_rows_carry_their_tools_to_the_template(shared):
     """The SFT stage's tokenisation renders a row's tools (the system turn lists them) and trains its call."""
     from align_kit.stages.sft import tokenize_rows
 
-    tok = qwen2_tokenizer(shared)
-    tok.add_tokens(["<tool_call>", "</tool_call>"])
-    fam = get_family("qwen")
-    tpl = detect_template(fam, tok.get_vocab())
-    apply_family(tok, tpl, fam)
-    tok.align_kit_template = tpl.name
+    tok, tpl = _qwen_with_tool_tokens(shared)
     conv = to_conversation(LLAMA_FACTORY)
     (with_tools, without), _ = tokenize_rows([conv, {"messages": conv["messages"]}], tok, "train")
     assert len(with_tools["input_ids"]) > len(without["input_ids"]) + 30  # the tool schema is in the prompt

@@ -10,6 +10,8 @@ import yaml
 
 pytest.importorskip("datatrove")
 
+from helpers import PROSE  # noqa: E402
+
 from align_kit.cli import main  # noqa: E402
 from align_kit.commands.datawork import read_documents  # noqa: E402
 from align_kit.data.pipeline import (  # noqa: E402
@@ -24,9 +26,6 @@ from align_kit.data.trove.run import read_kept, run_spec  # noqa: E402
 from align_kit.data.trove.spec import parse_spec  # noqa: E402
 from align_kit.errors import ConfigError, DataError  # noqa: E402
 
-PROSE = ("The river runs through the old town and past the mill that was built with stone from the hills. "
-         "Children play by the water in summer, and the bakers open their shops to the people who have come "
-         "to see the festival of lights held each year in the square. ")
 QUESTION = "Which gas do plants absorb from the air to make their food during photosynthesis?"
 
 
