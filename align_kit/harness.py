@@ -161,7 +161,7 @@ def load_tasks(args: HarnessArgs) -> dict:
     return tasks
 
 
-def test_documents(tasks: dict, limit: int | None = None) -> dict[str, list[str]]:
+def task_documents(tasks: dict, limit: int | None = None) -> dict[str, list[str]]:
     """The prompt text of each task's test documents (the first ``limit``), as the model sees them."""
     out = {}
     for name, task in tasks.items():
@@ -293,4 +293,4 @@ def cli_eval(args) -> int:
 def benchmark_documents(names: list[str], include: list[str] | None = None, limit: int | None = None
                         ) -> dict[str, list[str]]:
     """``{task: test documents}`` of harness tasks: the evaluation sets of the decontamination steps."""
-    return test_documents(load_tasks(HarnessArgs(tasks=list(names), include=list(include or []))), limit)
+    return task_documents(load_tasks(HarnessArgs(tasks=list(names), include=list(include or []))), limit)

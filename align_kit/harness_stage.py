@@ -20,7 +20,7 @@ import logging
 from pathlib import Path
 
 from align_kit.errors import ConfigError
-from align_kit.harness import RESULTS, evaluate_model, load_tasks, read_results, settings, test_documents
+from align_kit.harness import RESULTS, evaluate_model, load_tasks, read_results, settings, task_documents
 
 log = logging.getLogger("align_kit")
 # Which rows a stage trains on (align_kit.data.sources.load_data kinds); PPO's depends on ppo.prompts_from.
@@ -102,7 +102,7 @@ def run_for_stage(recipe, out: str | Path | None = None) -> dict | None:
     after = _score(dataclasses.replace(recipe.model, name_or_path=str(model_dir(out))), args, tasks)
     result = {"settings": sig, "start": Path(start).name if Path(start).exists() else start,
               "before": before, "after": after,
-              "contamination": contamination(training_rows(recipe), test_documents(tasks, args.limit))}
+              "contamination": contamination(training_rows(recipe), task_documents(tasks, args.limit))}
     (out / RESULTS).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     _add_to_run_files(out, result)
     return result
@@ -128,7 +128,8 @@ def records(result: dict | None) -> list[dict]:
                 shown = overlap if stage == "after" else {}
                 out.append({"metric": metric, "value": float(value), "stage": stage, "dataset": task,
                             "split": "test", "task": "benchmark",
-                            **{k: shown[k] for k in ("training_rows", "contaminated_rows") if k in shown}})
+                            **{k: shown[k] for k in ("training_rows", "contaminated_rows", "indexed_documents")
+                               if k in shown}})
     return out
 
 
@@ -137,9 +138,13 @@ def overlap_text(rec: dict) -> str:
 
     >>> overlap_text({"training_rows": 2000, "contaminated_rows": 3}), overlap_text({})
     ('3 / 2000 (0.15%)', '-')
+    >>> overlap_text({"training_rows": 20, "contaminated_rows": 0, "indexed_documents": 0})
+    'not measurable: test documents under 8 words'
     """
     if "training_rows" not in rec:
         return "-"
+    if rec.get("indexed_documents") == 0:  # the n-gram rule skips items this short ("Length: abcd")
+        return "not measurable: test documents under 8 words"
     n, k = rec["training_rows"], rec["contaminated_rows"]
     return f"{k} / {n} ({100 * k / n:.2f}%)" if n else "0 / 0"
 

@@ -129,7 +129,7 @@ def test_contamination_rises_with_a_planted_test_document(tmp_path):
 
     include = str(local_task_folder(tmp_path, _quiz_rows()))
     args = harness.HarnessArgs(tasks=["village_quiz", "quickstart_tasks"], include=[include])
-    docs = harness.test_documents(harness.load_tasks(args))
+    docs = harness.task_documents(harness.load_tasks(args))
     base = (ROOT / "align_kit/quickstart/sft_train.jsonl").read_text().splitlines(keepends=True)[:200]
     planted = ["".join(json.dumps({"messages": [{"role": "user", "content": f"Quiz time. {q}"},
                                                 {"role": "assistant", "content": "I know."}]}) + "\n")
