@@ -55,6 +55,7 @@ def _load(model_args):
 
 
 def _score(model_args, args, tasks) -> dict:
+    log.info("harness: scoring %s on %s", model_args.name_or_path, ", ".join(tasks))
     model, tokenizer = _load(model_args)
     scores = evaluate_model(model, tokenizer, args, tasks)
     del model
@@ -97,7 +98,6 @@ def run_for_stage(recipe, out: str | Path | None = None) -> dict | None:
         return prev
     tasks = load_tasks(args)
     start = recipe.model.name_or_path
-    log.info("harness: scoring %s on %s", start, ", ".join(tasks))
     before = _reused_before(start, sig) or _score(recipe.model, args, tasks)
     after = _score(dataclasses.replace(recipe.model, name_or_path=str(model_dir(out))), args, tasks)
     result = {"settings": sig, "start": Path(start).name if Path(start).exists() else start,
@@ -128,8 +128,8 @@ def records(result: dict | None) -> list[dict]:
                 shown = overlap if stage == "after" else {}
                 out.append({"metric": metric, "value": float(value), "stage": stage, "dataset": task,
                             "split": "test", "task": "benchmark",
-                            **{k: shown[k] for k in ("training_rows", "contaminated_rows", "indexed_documents")
-                               if k in shown}})
+                            **{k: shown[k] for k in ("training_rows", "contaminated_rows", "test_documents",
+                                                      "indexed_documents") if k in shown}})
     return out
 
 
@@ -140,13 +140,19 @@ def overlap_text(rec: dict) -> str:
     ('3 / 2000 (0.15%)', '-')
     >>> overlap_text({"training_rows": 20, "contaminated_rows": 0, "indexed_documents": 0})
     'not measurable: test documents under 8 words'
+    >>> overlap_text({"training_rows": 20, "contaminated_rows": 1, "indexed_documents": 3, "test_documents": 4})
+    '1 / 20 (5.00%); 3 of 4 test documents long enough to check'
     """
     if "training_rows" not in rec:
         return "-"
-    if rec.get("indexed_documents") == 0:  # the n-gram rule skips items this short ("Length: abcd")
+    indexed, docs = rec.get("indexed_documents"), rec.get("test_documents")
+    if indexed == 0:  # the n-gram rule skips items this short ("Length: abcd")
         return "not measurable: test documents under 8 words"
     n, k = rec["training_rows"], rec["contaminated_rows"]
-    return f"{k} / {n} ({100 * k / n:.2f}%)" if n else "0 / 0"
+    text = f"{k} / {n} ({100 * k / n:.2f}%)" if n else "0 / 0"
+    if indexed is not None and docs and indexed < docs:
+        text += f"; {indexed} of {docs} test documents long enough to check"
+    return text
 
 
 def section(runs: list[tuple[str, dict]]) -> list[str]:

@@ -219,3 +219,76 @@ def test_cli_eval_harness(tmp_path, trained, capsys):
     assert scores["documents"] == 8 and 0 <= scores["acc"] <= 1
     assert main(["eval", str(tmp_path / "m"), "--harness", "no_such_task"]) == 2
     assert "unknown task 'no_such_task'" in capsys.readouterr().err
+
+
+def test_standard_task_pointed_at_a_local_copy_of_its_data(tmp_path):
+    """docs/benchmarks.md's recipe: a YAML that includes the harness's own gsm8k.yaml and swaps its Hub
+    dataset for local files runs offline with the harness's own prompt, filters and metric."""
+    import lm_eval
+    from lm_eval.api.model import LM
+    from lm_eval.tasks import TaskManager
+
+    rows = [{"question": f"Tom has {a} apples and gets {b} more. How many now?",
+             "answer": f"{a} + {b} = {a + b}\n#### {a + b}"} for a, b in [(3, 4), (10, 5), (7, 7), (1, 2)]]
+    for split in ("train", "test"):
+        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    folder = tmp_path / "my_tasks"
+    folder.mkdir()
+    gsm8k = Path(lm_eval.__file__).parent / "tasks" / "gsm8k" / "gsm8k.yaml"
+    (folder / "gsm8k_offline.yaml").write_text(f"""include: {gsm8k.as_posix()}
+task: gsm8k_offline
+tag: []
+dataset_path: json
+dataset_name: null
+dataset_kwargs:
+  data_files: {{train: {(tmp_path / 'train.jsonl').as_posix()}, test: {(tmp_path / 'test.jsonl').as_posix()}}}
+num_fewshot: 2
+""", encoding="utf-8")
+    answers = {r["question"]: r["answer"].split("#### ")[1] for r in rows}
+    wrong = rows[1]["question"]
+
+    class Canned(LM):  # right on three questions, wrong on one, in GSM8K's "#### N" form
+        def generate_until(self, requests, disable_tqdm=False):
+            out = []
+            for r in requests:
+                question = r.args[0].rsplit("Question: ", 1)[1].split("\n")[0]
+                out.append(f"so #### {int(answers[question]) + (1 if question == wrong else 0)}")
+            return out
+
+        def loglikelihood(self, requests, disable_tqdm=False):
+            raise NotImplementedError
+
+        def loglikelihood_rolling(self, requests, disable_tqdm=False):
+            raise NotImplementedError
+
+    args = harness.HarnessArgs(tasks=["gsm8k_offline"], include=[str(folder)])
+    tasks = harness.load_tasks(args)  # found in the include folder: the harness's registry is not indexed
+    result = lm_eval.simple_evaluate(model=Canned(), tasks=list(tasks.values()), bootstrap_iters=0,
+                                     task_manager=TaskManager(include_defaults=False))
+    assert harness._metrics(result["results"]["gsm8k_offline"])["exact_match/strict-match"] == pytest.approx(0.75)
+
+
+def test_data_pipelines_take_a_benchmark_as_evaluation_set(shared, tmp_path, monkeypatch):
+    """`data decontaminate --harness TASK` and the datatrove step's `eval: [{harness: TASK}]` index the task's
+    test documents: a training document quoting a FLAN QASC test question goes, the others stay."""
+    from align_kit.cli import main
+    from align_kit.data.trove.run import _eval_sets
+    from align_kit.data.trove.spec import parse_spec
+    from align_kit.tasks import prompt_documents
+
+    monkeypatch.setenv("ALIGN_KIT_SHARED", str(shared))
+    question = prompt_documents(f"{shared}/data/flan/qasc_train.tsv", "flan_cot", 200)[5]["question"]
+    first_row = prompt_documents(f"{shared}/data/flan/qasc_train.tsv", "flan_cot")[0]["question"]  # not a test row
+    src = tmp_path / "train.jsonl"
+    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in
+                           [f"Study notes. {question} Think.", first_row, "Plain prose about gardens."]))
+    assert main(["data", "decontaminate", str(src), "--harness", "flan_cot_qasc", "--out", str(tmp_path / "o")]) == 0
+    dropped = [json.loads(line) for line in (tmp_path / "o" / "dropped.jsonl").read_text().splitlines()]
+    assert [d["id"] for d in dropped] == ["train.jsonl:1"]
+
+    step = {"decontaminate": {"eval": [{"harness": "flan_cot_qasc"}]}}
+    spec = parse_spec({"input": {"paths": [str(src)]}, "output": {"folder": str(tmp_path / "t")}, "steps": [step]})
+    assert len(_eval_sets(spec.steps[0][1])["flan_cot_qasc"]) == 200
+    bad = {"decontaminate": {"eval": [{"harness": "flan_cot_qasc", "path": str(src)}]}}
+    with pytest.raises(ConfigError, match=r"eval\[0\]: give exactly one of path \(a file\) or harness"):
+        parse_spec({"input": {"paths": [str(src)]}, "output": {"folder": str(tmp_path / "t2")}, "steps": [bad]})
