@@ -94,6 +94,27 @@ def test_model_card_lists_benchmarks_beside_contamination(run, tmp_path):
     assert "| dpo | village_quiz | acc |" in card and "| base | quickstart_tasks | acc |" in card
 
 
+def test_changing_the_benchmarks_rescores_without_retraining(run):
+    """The evaluation block is no part of a run's identity: a re-run with another limit reuses both stages
+    and scores them again."""
+    from align_kit.pipeline import run_pipeline
+
+    path, root = run
+    weights = (root / "dpo" / "model" / "model.safetensors").stat().st_mtime_ns
+    spec = yaml.safe_load(path.read_text())
+    spec["evaluation"]["harness"]["limit"] = 12
+    changed = path.with_name("pipeline_limit12.yaml")
+    changed.write_text(yaml.safe_dump(spec))
+    run_pipeline(changed)
+    summary = json.loads((root / "pipeline.json").read_text())
+    assert [s["status"] for s in summary["stages"]] == ["done (reused)"] * 2
+    assert (root / "dpo" / "model" / "model.safetensors").stat().st_mtime_ns == weights
+    for stage in ("sft", "dpo"):
+        result = json.loads((root / stage / "harness.json").read_text())
+        assert result["settings"]["limit"] == 12 and result["after"]["quickstart_tasks"]["documents"] == 12
+    run_pipeline(path)  # back to the module's settings for the tests below
+
+
 def test_gate_on_a_harness_metric_stops_the_pipeline(run):
     from align_kit.pipeline import GateFailed, run_pipeline
 
