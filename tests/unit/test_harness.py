@@ -292,3 +292,14 @@ def test_data_pipelines_take_a_benchmark_as_evaluation_set(shared, tmp_path, mon
     bad = {"decontaminate": {"eval": [{"harness": "flan_cot_qasc", "path": str(src)}]}}
     with pytest.raises(ConfigError, match=r"eval\[0\]: give exactly one of path \(a file\) or harness"):
         parse_spec({"input": {"paths": [str(src)]}, "output": {"folder": str(tmp_path / "t2")}, "steps": [bad]})
+
+
+def test_train_check_refuses_an_unknown_benchmark(tmp_path, capsys):
+    """`align-kit train RECIPE --check`: exit 2 with one line, before any model loads."""
+    from align_kit.cli import main
+
+    recipe = tmp_path / "sft.yaml"
+    recipe.write_text((ROOT / "recipes/tiny/sft.yaml").read_text() + "evaluation:\n  harness: {tasks: [flan_cot_crek]}\n")
+    assert main(["train", str(recipe), "--check"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown task 'flan_cot_crek' (did you mean 'flan_cot_creak'?)" in err and len(err.splitlines()) == 1
