@@ -23,6 +23,7 @@ import yaml
 
 from align_kit.errors import ConfigError
 from align_kit.families import closest
+from align_kit.harness import EvaluationArgs
 
 # ----------------------------------------------------------------------------- recipe sections
 
@@ -127,6 +128,8 @@ class Recipe:
     quantization: QuantArgs | None = None
     trainer: dict[str, Any] = field(default_factory=dict)
     """Passed to the stage's trainer config class (TRL's SFTConfig, DPOConfig, ...)."""
+    evaluation: EvaluationArgs | None = None
+    """Benchmarks run on the start and trained models (``harness:`` lm-evaluation-harness tasks)."""
     options: Any = None
     """The stage's own options (the block named after the stage), a dataclass of the stage module."""
     output_dir: str = "runs/output"
@@ -412,6 +415,9 @@ def recipe_from_dict(raw: dict, source: str | None = None) -> Recipe:
     from align_kit.compat import check_compatibility
 
     check_compatibility(recipe)
+    from align_kit.harness_stage import check_recipe
+
+    check_recipe(recipe)
     return recipe
 
 

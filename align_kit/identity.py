@@ -119,7 +119,7 @@ def identity_parts(recipe) -> dict:
 
     parts = {}
     for key, value in flatten(recipe.to_dict()).items():
-        if key in COSMETIC:
+        if key in COSMETIC or key.split(".")[0] == "evaluation":  # benchmarks measure a run, never train it
             continue
         if re.fullmatch(r"data\.(train|eval)\[\d+\]\.path", key) and value and Path(value).exists():
             value = "<content below>"  # the path moves with the file; its bytes are what counts

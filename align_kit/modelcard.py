@@ -136,6 +136,7 @@ def build_model_card(model_name: str, base_model: str | None, stages: list[Mappi
             [[r.get("stage", "-"), r["metric"], r.get("dataset") or "held-out", r.get("split", "-"),
               f"{float(r['value']):.4g}"]
              for r in eval_results])]
+    lines += benchmark_section(eval_results or [])
     lines += ["", "## Datasets", "", "Each dataset's card (source, licence, processing, known issues) is "
               "included in `data_cards/`.", "",
               _table(["dataset", "licence", "card"],
@@ -151,6 +152,22 @@ def build_model_card(model_name: str, base_model: str | None, stages: list[Mappi
               "print(tok.decode(model.generate(ids, max_new_tokens=64)[0][ids.shape[1]:]))", "```", ""]
     body = _HUB_TOKEN.sub(REDACTED, "\n".join(lines))
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+
+
+def benchmark_section(eval_results: list[dict]) -> list[str]:
+    """Card lines for harness benchmarks: each score beside the training rows that overlap the benchmark's
+    test set (``align_kit.harness_stage``), so a reader sees how much of a score the data could explain."""
+    from align_kit.harness_stage import overlap_text
+
+    rows = [r for r in eval_results if r.get("task") == "benchmark"]
+    if not rows:
+        return []
+    return ["", "## Benchmarks and training-data overlap", "",
+            "Scores from lm-evaluation-harness. Overlap: training rows of that stage sharing an n-gram with the "
+            "benchmark's test documents (13 words; align_kit's decontamination rule).", "",
+            _table(["model after", "benchmark", "metric", "value", "training rows overlapping the test set"],
+                   [[r.get("stage", "-"), r.get("dataset"), r["metric"], f"{float(r['value']):.4g}", overlap_text(r)]
+                    for r in rows])]
 
 
 def write_model_card(out_dir: str | Path, model_name: str, base_model: str | None, stages: list[Mapping],
@@ -236,8 +253,12 @@ def card_from_run(run_dir: str | Path, out_dir: str | Path, model_name: str, bas
         records = json.loads(evals_file.read_text(encoding="utf-8")) if evals_file.is_file() else []
         for rec in records:
             rec["stage"] = {"before": previous, "after": stage["name"]}.get(rec.get("stage"), rec.get("stage"))
-            if rec not in evals:
+            key = [rec.get(k) for k in ("stage", "metric", "dataset", "split")]
+            same = next((e for e in evals if [e.get(k) for k in ("stage", "metric", "dataset", "split")] == key), None)
+            if same is None:
                 evals.append(rec)
+            else:  # a stage's "before" is the previous stage's "after": one row, keeping what either adds
+                same.update({k: v for k, v in rec.items() if k not in same})
         previous = stage["name"]
     datasets = [d for s in stages for d in s["datasets"]]
     base = stages[0].get("base_model") or base_model

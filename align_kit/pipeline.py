@@ -13,6 +13,10 @@ A pipeline file::
         recipe: ppo.yaml
         use: {model.name_or_path: sft, ppo.reward_model: reward}   # recipe key <- a stage's model/
         overrides: [trainer.learning_rate=1e-4]
+    evaluation:                              # harness benchmarks before/after every policy stage (harness.py)
+      harness: {tasks: [quickstart_tasks], limit: 100}
+
+A gate may read a stage's harness scores: ``{metric: harness.after.quickstart_tasks.acc, min: 0.5}``.
 
 Each stage writes to ``<output_dir>/<name>``. A stage whose ``model/`` is complete is skipped on a re-run;
 a stage killed midway resumes from its last complete checkpoint (the stages do that themselves).
@@ -25,8 +29,10 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from align_kit import harness_stage
 from align_kit.config import build, load_recipe, read_yaml_file
 from align_kit.errors import AlignKitError, ConfigError
+from align_kit.harness import EvaluationArgs
 from align_kit.stages import common, run_stage
 
 log = logging.getLogger("align_kit")
@@ -59,6 +65,8 @@ class PipelineSpec:
     stages: list[StageSpec]
     output_dir: str = "runs/pipeline"
     title: str = "align_kit pipeline"
+    evaluation: EvaluationArgs | None = None
+    """Benchmarks for every stage whose recipe has no ``evaluation:`` block of its own (reward stages excepted)."""
 
 
 def load_pipeline(path: str | Path) -> tuple[PipelineSpec, Path]:
@@ -76,6 +84,13 @@ def load_pipeline(path: str | Path) -> tuple[PipelineSpec, Path]:
                                   f"stage (earlier: {', '.join(names[:i]) or 'none'})")
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: stage names must be unique, found {names}")
+    if spec.evaluation is not None and spec.evaluation.harness is not None:
+        from align_kit.harness import check_tasks
+
+        try:
+            check_tasks(spec.evaluation.harness)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
     return spec, path.parent
 
 
@@ -89,9 +104,12 @@ def _metric(evals: dict, dotted: str):
 
 
 def check_gate(stage: StageSpec, out: Path) -> None:
+    from align_kit.harness import read_results
+
     if stage.gate is None:
         return
     evals = json.loads((out / "eval.json").read_text()) if (out / "eval.json").exists() else {}
+    evals = {**evals, "harness": read_results(out) or {}}  # harness.after.<task>.<metric>
     value = _metric(evals, stage.gate.metric)
     g = stage.gate
     if value is None:
@@ -115,11 +133,14 @@ def run_pipeline(path: str | Path, overrides: dict[str, list[str]] | None = None
         out = root / stage.name
         extra = [f"output_dir={out}"] + [f"{k}={common.model_dir(done[v])}" for k, v in stage.use.items()]
         recipe = load_recipe(base / stage.recipe, [*stage.overrides, *(overrides or {}).get(stage.name, []), *extra])
+        if spec.evaluation is not None and recipe.evaluation is None and recipe.stage != "reward":
+            recipe.evaluation = spec.evaluation
         if only and stage.name not in only:
             status = "skipped (not selected)"
         elif common.is_finished(out) and _same_run(stage, recipe, out):
             status = "done (reused)"
             log.info("stage %s: finished earlier, reusing %s", stage.name, common.model_dir(out))
+            harness_stage.run_for_stage(recipe, out)  # scored only when harness.json lacks these settings
         else:  # run_stage checks (and records) the identity of a half-finished stage itself
             log.info("stage %s: running %s", stage.name, stage.recipe)
             run_stage(recipe)
@@ -129,7 +150,7 @@ def run_pipeline(path: str | Path, overrides: dict[str, list[str]] | None = None
                         "start": stage.use.get("model.name_or_path"),
                         "log_history": next((str(out / n) for n in ("log_history.jsonl", "ppo_log.jsonl")
                                              if (out / n).exists()), None),
-                        "evals": json.loads((out / "eval.json").read_text()) if (out / "eval.json").exists() else None})
+                        "evals": _stage_evals(out, stage.name)})
         if common.is_main_process():
             _report(root, spec, summary)
         if not status.startswith("skipped"):
@@ -151,8 +172,21 @@ def _same_run(stage: StageSpec, recipe, out: Path) -> bool:
     raise mismatch_error(f"stage '{stage.name}': ", out, changed)
 
 
+def _stage_evals(out: Path, name: str) -> list[dict] | None:
+    """The stage's eval.json as records, with its harness scores (before/after) added."""
+    from align_kit.harness import read_results
+    from align_kit.report import normalise_evals
+
+    evals = json.loads((out / "eval.json").read_text()) if (out / "eval.json").exists() else None
+    records = normalise_evals(evals, stage=name) + harness_stage.records(read_results(out))
+    return records or None
+
+
 def _report(root: Path, spec: PipelineSpec, summary: list[dict]) -> None:
+    from align_kit.harness import read_results
     from align_kit.report import write_pipeline_report
 
-    write_pipeline_report(root, summary, title=spec.title)
+    report = write_pipeline_report(root, summary, title=spec.title)
+    runs = [(s["name"], r) for s in summary if (r := read_results(s["output_dir"]))]
+    harness_stage.append_section(report, runs)
     common.write_json(root / "pipeline.json", {"stages": summary})

@@ -104,7 +104,13 @@ def _dedup_steps(args) -> list:
 
 def _decontam_steps(args) -> list:
     eval_sets = {}
-    for spec in args.eval:
+    if args.harness:  # benchmarks' test documents (align_kit.harness)
+        from align_kit.harness import benchmark_documents
+
+        eval_sets.update(benchmark_documents([t.strip() for t in args.harness.split(",") if t.strip()]))
+    if not eval_sets and not args.eval:
+        raise ConfigError("data decontaminate: give --eval PATH or --harness TASK[,TASK] (the evaluation sets)")
+    for spec in args.eval or []:
         path, _, fld = spec.partition("::")
         columns = ["question", "answer", "rationale"] if path.endswith(".tsv") and args.flan else None
         eval_sets[Path(path).name] = load_eval_items(path, fld or None, columns)
@@ -196,8 +202,10 @@ def register(sub, data_sub) -> None:
     p = data_sub.add_parser("decontaminate", help="n-gram overlap with evaluation sets; report every hit")
     _common(p)
     c = DecontamConfig()
-    p.add_argument("--eval", action="append", required=True, metavar="PATH[::FIELD]",
+    p.add_argument("--eval", action="append", metavar="PATH[::FIELD]",
                    help="evaluation set file (txt one item per line, or records with FIELD); repeatable")
+    p.add_argument("--harness", metavar="TASK[,TASK]",
+                   help="lm-evaluation-harness tasks whose test documents are evaluation sets (align_kit.harness)")
     p.add_argument("--flan", action="store_true", help=".tsv eval files are FLAN's header-less question/answer/rationale")
     p.add_argument("--n", type=int, default=c.n, help="words per n-gram")
     p.add_argument("--zh-n", type=int, default=c.zh_n, help="characters per Chinese n-gram")

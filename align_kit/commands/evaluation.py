@@ -15,9 +15,12 @@ def register(sub, data_sub) -> None:
                                     "sample generations")
     p.add_argument("model_dir", help="exported model, stage output (a LoRA adapter is merged in memory), "
                                      "or for --task reward the reward model")
-    p.add_argument("--task", required=True, choices=TASKS)
-    p.add_argument("--data", required=True, help="perplexity: .txt or records with a text field; reward: "
-                                                 "preference pairs; others: records with a prompt or messages")
+    p.add_argument("--task", choices=TASKS)
+    p.add_argument("--data", help="perplexity: .txt or records with a text field; reward: "
+                                  "preference pairs; others: records with a prompt or messages")
+    from align_kit.harness import add_cli_arguments
+
+    add_cli_arguments(p)  # --harness TASK[,TASK] (lm-evaluation-harness, align_kit/harness.py)
     p.add_argument("--text-field", default="text", help="perplexity: the field holding the text (default text)")
     p.add_argument("--format", help="reward: preference format of --data (default: detected)")
     p.add_argument("--max-rows", type=int, help="use only the first N rows")
@@ -116,6 +119,12 @@ def _run(args) -> dict:
 
 
 def _eval(args) -> int:
+    if args.harness:
+        from align_kit.harness import cli_eval
+
+        return cli_eval(args)
+    if not args.task or not args.data:
+        raise ConfigError("align-kit eval: give --task and --data, or --harness TASK[,TASK]")
     result = _run(args)
     if "table" in result:
         print(result["table"])

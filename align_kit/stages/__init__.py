@@ -45,4 +45,8 @@ def run_stage(recipe) -> Path:
 
     check_and_record(recipe)  # before anything loads: a folder holding another run stops here
     set_seed(recipe.seed)
-    return get_stage(recipe.stage).run(recipe)
+    out = get_stage(recipe.stage).run(recipe)
+    from align_kit.harness_stage import run_for_stage
+
+    run_for_stage(recipe, out)  # the recipe's evaluation.harness tasks, before and after (harness.json)
+    return out

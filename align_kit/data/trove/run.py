@@ -66,6 +66,11 @@ def _kind(path: str, spec: PipelineSpec, strict: bool = True) -> str | None:
 def _eval_sets(cfg) -> dict[str, list[str]]:
     sets = {}
     for e in cfg.eval:
+        if e.harness is not None:  # a benchmark's test documents, as the harness shows them to the model
+            from align_kit.harness import benchmark_documents
+
+            sets.update(benchmark_documents([e.harness]))
+            continue
         columns = ["question", "answer", "rationale"] if e.flan else None
         sets[posixpath.basename(e.path)] = load_eval_items(e.path, e.field, columns)
     return sets

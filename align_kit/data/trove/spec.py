@@ -45,7 +45,10 @@ class OutputSpec:
 
 @dataclass
 class EvalSetSpec:
-    path: str
+    path: str | None = None
+    harness: str | None = None
+    """Instead of a path: an lm-evaluation-harness task (or tag) whose test documents are the set
+    (align_kit.harness; e.g. flan_cot_creak)."""
     field: str | None = None
     flan: bool = False
     """A header-less FLAN .tsv (question, answer, rationale)."""
@@ -153,6 +156,13 @@ def _check_step(kind: str, cfg, where: str) -> None:
             _positive(getattr(cfg, name), f"{where}.{name}")
         if not cfg.eval:
             raise ConfigError(f"{where}.eval: expected at least one evaluation set, found none")
+        for j, e in enumerate(cfg.eval):
+            if (e.path is None) == (e.harness is None):
+                raise ConfigError(f"{where}.eval[{j}]: give exactly one of path (a file) or harness (a task name)")
+            if e.harness is not None:
+                from align_kit.harness import HarnessArgs, check_tasks
+
+                check_tasks(HarnessArgs(tasks=[e.harness]), f"{where}.eval[{j}].harness")
     elif kind == "pii":
         for k in cfg.kinds:
             if k not in PLACEHOLDERS:
