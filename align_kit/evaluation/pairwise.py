@@ -66,11 +66,11 @@ def pairwise_metrics(chosen: Sequence[float], rejected: Sequence[float], bins: i
     """Pairwise accuracy (ties count 1/2), ties, mean margin, ECE and the reliability curve.
 
     >>> m = pairwise_metrics([2.0, 1.0, 0.0], [0.0, 0.0, 0.0], bins=2)
-    >>> m["accuracy"], m["ties"], round(m["mean_margin"], 3), m["pairs"], m["tie_rule"]
-    (0.833, 1, 1.0, 3, 'a tie counts 1/2')
+    >>> round(m["accuracy"], 4), m["ties"], m["mean_margin"], m["pairs"], m["tie_rule"]
+    (0.8333, 1, 1.0, 3, 'a tie counts 1/2')
     """
     acc = pairwise_accuracy(chosen, rejected)
-    return {"pairs": acc["pairs"], "accuracy": round(acc["accuracy"], 3), "ties": acc["ties"],
+    return {"pairs": acc["pairs"], "accuracy": acc["accuracy"], "ties": acc["ties"],
             "tie_rule": TIE_RULE, "mean_margin": acc["mean_margin"],
             **calibration([c - r for c, r in zip(chosen, rejected)], bins)}
 

@@ -24,6 +24,8 @@ class PolicyEval:
         return pairwise_accuracy(self.chosen_logps, self.rejected_logps)["accuracy"]
 
     def summary(self) -> dict:
+        if not self.chosen_logps:  # no held-out pairs: no accuracy to report (not 0)
+            return {"pairs": 0}
         out = {"pairs": len(self.chosen_logps), "likelihood_accuracy": round(self.likelihood_accuracy, 4)}
         if self.logratio_accuracy is not None:
             out["logratio_accuracy"] = round(self.logratio_accuracy, 4)
