@@ -95,13 +95,14 @@ def _causal_lm(path: str):
     return model.eval(), tokenizer
 
 
-def _scorer(path: str | None, flag: str, max_length: int | None):
+def _judge(path: str | None):
+    """The reward model that judges win rate, at its own run's training length."""
     if not path:
-        raise ConfigError(f"--task needs {flag} (a reward model or reward run folder)")
-    from align_kit.evaluation.runs import model_folder
+        raise ConfigError("--task win-rate needs --reward-model (a reward model or reward run folder)")
+    from align_kit.evaluation.runs import max_length_for, model_folder
     from align_kit.scoring import RewardScorer
 
-    return RewardScorer(model_folder(path), max_length=max_length)
+    return RewardScorer(model_folder(path), max_length=max_length_for(path, None, None)[0])
 
 
 def _reward(args, report: SkipReport, max_length: int | None) -> dict:
@@ -156,8 +157,7 @@ def _run(args, report: SkipReport) -> dict:
         if not args.reference:
             raise ConfigError("--task win-rate needs --reference (the model to compare against)")
         reference, ref_tok = _causal_lm(args.reference)
-        judge = _scorer(args.reward_model, "--reward-model", max_length_for(args.reward_model or "", None, None)[0])
-        return evaluation.win_rate(model, reference, tokenizer, prompts, judge, args.max_new_tokens,
+        return evaluation.win_rate(model, reference, tokenizer, prompts, _judge(args.reward_model), args.max_new_tokens,
                                    reference_tokenizer=ref_tok)
     columns = {Path(args.model_dir).name: evaluation.generate_responses(model, tokenizer, prompts,
                                                                         args.max_new_tokens)}
