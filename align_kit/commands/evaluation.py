@@ -9,6 +9,7 @@ unless ``--max-length`` is given.
 from __future__ import annotations
 
 import json
+from itertools import islice
 from pathlib import Path
 
 from align_kit.errors import ConfigError, DataError, SkipReport, convert_rows, describe
@@ -112,8 +113,8 @@ def _reward(args, report: SkipReport, max_length: int | None) -> dict:
     from align_kit.evaluation.runs import model_folder
 
     records = read_records(args.data, skip_report=report if args.skip_bad_rows else None)
-    pairs = list(convert_records(records, args.format, args.data, skip=args.skip_bad_rows, report=report))
-    pairs = pairs[: args.max_rows or None]
+    converted = convert_records(records, args.format, args.data, skip=args.skip_bad_rows, report=report)
+    pairs = list(islice(converted, args.max_rows or None))  # reading stops at --max-rows usable pairs
     if not pairs:
         raise DataError(args.data, None, None, f"no usable pairs ({report.summary()})", "at least one usable pair")
     return reward_model_accuracy(model_folder(args.model_dir), pairs, max_length)

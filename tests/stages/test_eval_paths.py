@@ -120,3 +120,16 @@ def test_eval_skip_mode_counts_what_it_left_out(reward_run, tmp_path, capsys):
     assert sum(skipped["reasons"].values()) == 3
     printed = capsys.readouterr().out
     assert "kept 2, rejected 3" in printed
+
+
+def test_eval_on_raw_hh_rlhf_stops_or_skips_and_counts(reward_run, shared, tmp_path, capsys):
+    """The published helpful-base test file: its row 121 has an empty rejected reply."""
+    run, _ = reward_run
+    data = shared / "data" / "hh-rlhf" / "helpful-base" / "test.jsonl.gz"
+    capsys.readouterr()
+    argv = [str(run), "--task", "reward", "--data", str(data), "--format", "hh_rlhf", "--max-rows", "150"]
+    assert main(["eval", *argv]) == 2
+    assert f"{data}: row 121: field 'rejected': expected a non-empty rejected response" in capsys.readouterr().err
+    out = _eval_json(tmp_path, *argv, "--skip-bad-rows")
+    assert out["pairs"] == 150 and out["skipped"] == {"kept": 150, "rejected": 1,
+                                                       "reasons": {"a non-empty rejected response": 1}}
