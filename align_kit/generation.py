@@ -1,4 +1,4 @@
-"""Batched greedy/sampled generation from conversations, and verifier accuracy."""
+"""Batched greedy/sampled generation from conversations (verifier accuracy: ``align_kit.evaluation``)."""
 
 from __future__ import annotations
 
@@ -40,11 +40,3 @@ def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int = 
         tokenizer.padding_side = side
         model.train(was_training)
     return outs
-
-
-def verifier_accuracy(model, tokenizer, prompts: list[list[dict]], verify: Callable[[str, str], bool],
-                      max_new_tokens: int = 16) -> tuple[float, list[str]]:
-    """Share of greedy answers the verifier accepts (prompt = the last user turn's text)."""
-    responses = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
-    ok = [bool(verify(p[-1]["content"], r)) for p, r in zip(prompts, responses)]
-    return sum(ok) / max(len(ok), 1), responses

@@ -8,7 +8,7 @@ A pipeline file::
         recipe: sft.yaml                     # relative to the pipeline file
       - name: reward
         recipe: reward.yaml
-        gate: {metric: after.pairwise_accuracy, min: 0.9}   # stop here if the reward model is poor
+        gate: {metric: accuracy, min: 0.9}   # stop here if the reward model is poor
       - name: ppo
         recipe: ppo.yaml
         use: {model.name_or_path: sft, ppo.reward_model: reward}   # recipe key <- a stage's model/
@@ -45,7 +45,7 @@ class GateFailed(AlignKitError):
 @dataclass
 class Gate:
     metric: str
-    """Dotted path into the stage's eval.json, e.g. after.pairwise_accuracy."""
+    """Dotted path into the stage's eval.json, e.g. accuracy (reward) or after.verifier_accuracy (SFT, DPO)."""
     min: float | None = None
     max: float | None = None
 

@@ -1,4 +1,4 @@
-"""Score responses with a trained reward model, and measure a reward model on held-out pairs.
+"""Score responses with a trained reward model (its accuracy on pairs: ``align_kit.evaluation.pairwise``).
 
 A reward checkpoint is a plain ``AutoModelForSequenceClassification`` (``num_labels=1``) with its tokenizer and
 chat template saved beside it, so :func:`score` needs nothing from align_kit's recipe to run.
@@ -6,59 +6,10 @@ chat template saved beside it, so :func:`score` needs nothing from align_kit's r
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
 from align_kit.errors import ConfigError, DataError, describe
-
-
-def pairwise_metrics(chosen: Sequence[float], rejected: Sequence[float], bins: int = 10) -> dict:
-    """Pairwise accuracy, mean margin and a reliability curve of the Bradley-Terry preference probability.
-
-    The model predicts ``p = sigmoid(r_chosen - r_rejected)`` that the first response is preferred. Each pair is
-    counted in both orders, ``(p, 1)`` and ``(1 - p, 0)``: with only the first order every outcome is 1 and any
-    over-confident model would look calibrated. Bins split [0, 1] evenly; ECE is the bin-size-weighted gap
-    between mean predicted probability and observed frequency.
-
-    >>> m = pairwise_metrics([2.0, 1.0, 0.0], [0.0, 0.0, 1.0], bins=2)
-    >>> m["accuracy"], round(m["mean_margin"], 3), m["pairs"]
-    (0.667, 0.667, 3)
-    >>> [(b["count"], b["observed"]) for b in m["reliability"]]
-    [(3, 0.333), (3, 0.667)]
-    """
-    if len(chosen) != len(rejected) or not chosen:
-        raise DataError("scores", None, None, f"{len(chosen)} chosen and {len(rejected)} rejected scores",
-                        "the same non-zero number of chosen and rejected scores")
-    margins = [c - r for c, r in zip(chosen, rejected)]
-    probs = [1.0 / (1.0 + math.exp(-max(min(m, 60.0), -60.0))) for m in margins]
-    points = [(p, 1.0) for p in probs] + [(1.0 - p, 0.0) for p in probs]
-    curve, ece = [], 0.0
-    for b in range(bins):
-        lo, hi = b / bins, (b + 1) / bins
-        inside = [(p, y) for p, y in points if lo <= p < hi or (b == bins - 1 and p == 1.0)]
-        if not inside:
-            continue
-        conf = sum(p for p, _ in inside) / len(inside)
-        freq = sum(y for _, y in inside) / len(inside)
-        ece += len(inside) / len(points) * abs(conf - freq)
-        curve.append({"bin": [lo, hi], "count": len(inside), "predicted": round(conf, 3), "observed": round(freq, 3)})
-    return {"pairs": len(margins), "accuracy": round(sum(m > 0 for m in margins) / len(margins), 3),
-            "mean_margin": sum(margins) / len(margins), "ece": round(ece, 4), "reliability": curve}
-
-
-def length_baseline_accuracy(pairs: Sequence[dict]) -> float:
-    """Accuracy of "prefer the longer answer" (ties count half), the baseline a reward model must beat.
-
-    >>> a = lambda t: [{"role": "assistant", "content": t}]
-    >>> length_baseline_accuracy([{"chosen": a("long one"), "rejected": a("no")}, {"chosen": a("x"), "rejected": a("y")}])
-    0.75
-    """
-    total = 0.0
-    for pair in pairs:
-        c, r = len(pair["chosen"][-1]["content"]), len(pair["rejected"][-1]["content"])
-        total += 1.0 if c > r else 0.5 if c == r else 0.0
-    return round(total / len(pairs), 4)
 
 
 class RewardScorer:

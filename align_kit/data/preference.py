@@ -347,10 +347,20 @@ def split_train_eval(records: list[dict], eval_fraction: float, seed: int = 0) -
         raise DataError("split", None, "eval_fraction", describe(eval_fraction), "a fraction between 0 and 1")
     keys = sorted({_prompt_key(r) for r in records})
     random.Random(seed).shuffle(keys)
-    held = set(keys[: max(1, round(len(keys) * eval_fraction))])
+    # at least one prompt held out, and (with two or more prompts) at least one left to train on
+    held = set(keys[: max(1, min(round(len(keys) * eval_fraction), len(keys) - 1))])
     train = [r for r in records if _prompt_key(r) not in held]
     evals = [r for r in records if _prompt_key(r) in held]
     return train, evals
+
+
+def prompt_count(records: list[dict]) -> int:
+    """Distinct prompts among preference or unpaired rows.
+
+    >>> prompt_count([{"prompt": [{"role": "user", "content": c}]} for c in "aab"])
+    2
+    """
+    return len({_prompt_key(r) for r in records})
 
 
 def _prompt_key(record: dict) -> str:

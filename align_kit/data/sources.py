@@ -137,6 +137,28 @@ def mix_sizes(parts: list[tuple[list, float]]) -> list[int]:
     return [len(parts[0][0])] if len(parts) == 1 else [round(total * w / wsum) for _, w in parts]
 
 
+def hold_out(rows: list[dict], kind: str, fraction: float, seed: int, source: str) -> tuple[list[dict], list[dict]]:
+    """``(train, held out)`` of one source. Preference and unpaired rows are split by prompt
+    (``data.preference.split_train_eval``), so no held-out prompt is trained on with another answer; other
+    rows are split row by row (seeded shuffle, ``int(n * fraction)`` rows, at least 1).
+
+    >>> rows = [{"text": str(i)} for i in range(10)]
+    >>> [len(part) for part in hold_out(rows, "text", 0.2, 0, "t.txt")]
+    [8, 2]
+    """
+    if kind in ("preference", "unpaired"):
+        from align_kit.data.preference import prompt_count, split_train_eval
+
+        if prompt_count(rows) < 2:
+            raise ConfigError(f"data: {source}: all {len(rows)} rows share one prompt, so no prompt can be held out "
+                              "for evaluation (the split is by prompt); give data.eval or set data.eval_fraction: 0")
+        return split_train_eval(rows, fraction, seed)
+    rows = list(rows)
+    random.Random(seed).shuffle(rows)
+    n_eval = max(1, int(len(rows) * fraction))
+    return rows[n_eval:], rows[:n_eval]
+
+
 def load_data(data: DataArgs, kind: str) -> Loaded:
     """Load train and eval rows of a recipe's ``data:`` block."""
     rng = random.Random(data.seed)
@@ -147,11 +169,8 @@ def load_data(data: DataArgs, kind: str) -> Loaded:
         reports.append(report)
         files.append(loc)
         if not data.eval and data.eval_fraction > 0 and len(rows) > 1:
-            rows = list(rows)
-            random.Random(data.seed).shuffle(rows)
-            n_eval = max(1, int(len(rows) * data.eval_fraction))
-            held_out += rows[:n_eval]
-            rows = rows[n_eval:]
+            rows, held = hold_out(rows, kind, data.eval_fraction, data.seed, report.source)
+            held_out += held
         parts.append((rows, src.weight))
     eval_rows = held_out
     for src in data.eval:

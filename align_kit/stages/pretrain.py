@@ -293,12 +293,13 @@ def run(recipe) -> Path:
                       eval_dataset=eval_sets or None, data_collator=collate_blocks, processing_class=tokenizer,
                       callbacks=common.stage_callbacks(recipe))
     per_char = corpus.stats["eval_tokens_per_char"]
-    evals = {"before": evaluate(trainer, eval_sets, per_char)}
+    eos = tokenizer.eos_token_id if o.add_eos else None
+    evals = {"before": evaluate(trainer, eval_sets, per_char, eos)}
     resume = common.last_checkpoint(out)
     if o.embedding_warmup_steps and resume is None:
         warm_new_embeddings(trainer, recipe, base_vocab)
     common.train(trainer, out, resume)
-    evals["after"] = evaluate(trainer, eval_sets, per_char)
+    evals["after"] = evaluate(trainer, eval_sets, per_char, eos)
     common.save_final(trainer.model, tokenizer, out, merge_lora=o.merge_lora, accelerator=trainer.accelerator)
     finish_run(run_info, trainer.state.log_history, evals)
     return out
@@ -322,19 +323,34 @@ def add_adapters(model, recipe):
     return get_peft_model(model, config)
 
 
-def evaluate(trainer, eval_sets: dict, tokens_per_char: dict) -> dict:
+def evaluate(trainer, eval_sets: dict, tokens_per_char: dict, eos_id: int | None = None) -> dict:
     """Per held-out source: mean token loss, perplexity = exp(loss), and bits per character = loss x
     tokens/char / ln 2, which compares models with different tokenizers (a vocabulary extension changes
     what a token is). Every block has the same length, so the Trainer's mean over blocks is the mean over
-    tokens; tokens/char is that of the source's held-out documents (BOS/EOS included)."""
+    tokens; tokens/char is that of the source's held-out documents (BOS/EOS included).
+
+    With ``eos_id`` (``pretrain.add_eos``: an EOS after every document, which a base model may never have seen
+    between documents) also ``perplexity_without_eos``: the same blocks without the positions that predict
+    the EOS or the token after it (``align_kit.evaluation.perplexity``), so before and after compare on text
+    the base model was trained to predict."""
+    from align_kit.evaluation import block_perplexity
+
     result = {}
     for name, ds in eval_sets.items():
         # Logged as eval_<source>_loss, the key Trainer uses for the same set during training.
         loss = trainer.evaluate(eval_dataset=ds, metric_key_prefix=f"eval_{name}")[f"eval_{name}_loss"]
         result[name] = {"loss": loss, "perplexity": math.exp(loss),
                         "bits_per_char": loss * tokens_per_char[name] / math.log(2)}
+        if eos_id is not None:  # every rank runs the forward: under FSDP it is collective
+            rest = block_perplexity(trainer.model, ds["input_ids"], without_id=eos_id,
+                                    batch_size=trainer.args.per_device_eval_batch_size)
+            result[name].update(perplexity_without_eos=rest["perplexity_without"],
+                                eos_positions_left_out=rest["tokens_left_out"])
     if result and trainer.is_world_process_zero():
         log.info("held-out perplexity: %s", {k: round(v["perplexity"], 3) for k, v in result.items()})
+        if eos_id is not None:
+            log.info("held-out perplexity without the EOS positions pretrain.add_eos added: %s",
+                     {k: round(v["perplexity_without_eos"], 3) for k, v in result.items()})
     return result
 
 

@@ -6,7 +6,8 @@ optional ``margin`` column (0 without it), plus ``center_rewards_coefficient * m
 align_kit tokenises the pairs itself (chat template, left truncation that keeps the responses) so no pair is
 dropped silently; TRL owns the loop. The result in ``model/`` is a plain ``AutoModelForSequenceClassification``
 (LoRA merged; a QLoRA adapter is merged into the unquantised base), and ``eval.json`` holds pairwise accuracy,
-mean margin, ECE and the reliability curve, computed from that saved folder.
+mean margin, ties (a tie counts 1/2: align_kit.evaluation.pairwise), ECE and the reliability curve, computed
+from that saved folder by the function ``align-kit eval --task reward`` calls.
 """
 
 from __future__ import annotations
@@ -126,8 +127,11 @@ def run(recipe) -> Path:
     common.train(trainer, out)
     evals = {}
     final = save_plain(trainer.model, tokenizer, out, recipe, trainer.accelerator)  # every rank: see save_final
-    if trainer.is_world_process_zero():
-        evals = evaluate_pairs(final, data.eval, args.max_length, recipe.options.calibration_bins)
+    if trainer.is_world_process_zero() and data.eval:  # the saved model, so the numbers are those shipped
+        from align_kit.evaluation import reward_model_accuracy
+
+        evals = reward_model_accuracy(final, data.eval, args.max_length, recipe.options.calibration_bins)
+        del evals["chosen_scores"], evals["rejected_scores"]
         log.info("reward eval: accuracy %s (longer-answer baseline %s), mean margin %.3f, ECE %s",
                  evals.get("accuracy"), evals.get("length_baseline_accuracy"), evals.get("mean_margin", 0.0),
                  evals.get("ece"))
@@ -160,20 +164,3 @@ def save_plain(model, tokenizer, out: Path, recipe, accelerator=None) -> Path:
         save_export(merged, tok, final, overwrite=True)
         (final / common.COMPLETE).write_text("ok\n")
     return final
-
-
-def evaluate_pairs(model_dir: Path, pairs: list[dict], max_length: int | None, bins: int = 10) -> dict:
-    """Score held-out pairs with the saved model (so the numbers are those of what was shipped)."""
-    from align_kit.scoring import RewardScorer, length_baseline_accuracy, pairwise_metrics
-
-    if not pairs:
-        return {}
-    scorer = RewardScorer(model_dir, max_length=max_length)
-    chosen, rejected = [], []
-    for pair in pairs:
-        c, r = scorer(pair["prompt"], [pair["chosen"][-1]["content"], pair["rejected"][-1]["content"]])
-        chosen.append(c)
-        rejected.append(r)
-    metrics = pairwise_metrics(chosen, rejected, bins)
-    metrics["length_baseline_accuracy"] = length_baseline_accuracy(pairs)
-    return metrics

@@ -161,12 +161,13 @@ def _evaluate(trainer, recipe, eval_conversations: list[dict], tokenizer) -> dic
     if trainer.eval_dataset is not None:
         result["eval_loss"] = trainer.evaluate()["eval_loss"]
     if recipe.options.verifier and eval_conversations:
-        from align_kit.generation import load_callable, verifier_accuracy
+        from align_kit.evaluation import task_accuracy
+        from align_kit.generation import load_callable
 
         prompts = [row["messages"][:-1] for row in eval_conversations]
-        acc, _ = verifier_accuracy(trainer.model, tokenizer, prompts, load_callable(recipe.options.verifier),
-                                   recipe.options.verifier_max_new_tokens)
-        result["verifier_accuracy"] = acc
+        result["verifier_accuracy"] = task_accuracy(trainer.model, tokenizer, prompts,
+                                                    load_callable(recipe.options.verifier),
+                                                    recipe.options.verifier_max_new_tokens)["accuracy"]
     if result and trainer.is_world_process_zero():
         log.info("eval: %s", {k: round(v, 4) for k, v in result.items()})
     return result

@@ -52,6 +52,15 @@ def test_perplexity_falls_on_english_and_chinese(shared, tmp_path):
         tokens_per_char = after[name]["bits_per_char"] * math.log(2) / after[name]["loss"]
         assert tokens_per_char == pytest.approx(before[name]["bits_per_char"] * math.log(2) / before[name]["loss"])
     assert 2.0 < tokens_per_char < 3.5  # the last one, Chinese: UTF-8 byte fallback, ~2.6 tokens per character
+    # add_eos: the figure without the EOS positions is reported beside. The 16 held-out Chinese blocks hold many
+    # short lines, so EOS positions; the first 16 blocks of a long article none, and there both figures agree
+    # (the Trainer's mean loss and align_kit.evaluation's own forward over the same blocks).
+    print({n: (before[n]["perplexity"], before[n]["perplexity_without_eos"], after[n]["perplexity"],
+               after[n]["perplexity_without_eos"], after[n]["eos_positions_left_out"]) for n in before})
+    assert before["chinese"]["eos_positions_left_out"] == after["chinese"]["eos_positions_left_out"] > 0
+    assert after["chinese"]["perplexity_without_eos"] < before["chinese"]["perplexity_without_eos"]
+    assert after["wiki_demo"]["eos_positions_left_out"] == 0
+    assert after["wiki_demo"]["perplexity_without_eos"] == pytest.approx(after["wiki_demo"]["perplexity"], rel=1e-4)
     stats = json.loads((out / "manifest.json").read_text())["extra"]
     assert stats["block_size"] == 128 and stats["new_tokens"] == 0 and stats["eval_blocks"] == {
         "wiki_demo": 16, "chinese": 16}

@@ -190,3 +190,28 @@ def test_cli_eval_reward_and_win_rate_with_a_reward_model(tok, tmp_path, capsys)
     for s in win["samples"]:  # the judge's scores are the reward model's scores of those very answers
         want = scorer([{"role": "user", "content": s["prompt"]}], [s["policy"], s["reference"]])
         assert [s["policy_score"], s["reference_score"]] == pytest.approx(want, abs=1e-6)
+
+
+def test_block_perplexity_without_an_added_end_of_document_token(tok):
+    """Pretraining adds EOS between documents; the figure without the positions that predict EOS or the token
+    after it equals the model's own loss with those labels masked, and the full figure its plain loss."""
+    from align_kit.evaluation import block_perplexity
+
+    model = tiny_llama(2)
+    eos = tok.eos_token_id
+    words = tok.convert_tokens_to_ids("the cat sat on the mat a dog is red".split())
+    blocks = [words[:4] + [eos] + words[4:7], [eos] + words[5:10] + [eos, words[0]]]  # 8 tokens each
+    out = block_perplexity(model, blocks, without_id=eos, batch_size=2)
+    ids = torch.tensor(blocks)
+    labels = ids.clone()
+    for b, block in enumerate(blocks):
+        for t in range(1, len(block)):  # label t is predicted at position t - 1
+            if block[t] == eos or block[t - 1] == eos:
+                labels[b, t] = -100
+    with torch.no_grad():
+        full = model(input_ids=ids, labels=ids).loss.item()
+        masked = model(input_ids=ids, labels=labels).loss.item()
+    assert out["num_tokens"] == 14 and out["tokens_left_out"] == int((labels[:, 1:] == -100).sum()) == 5
+    assert out["mean_nll"] == pytest.approx(full, abs=1e-5)
+    assert out["mean_nll_without"] == pytest.approx(masked, abs=1e-5)
+    assert out["perplexity_without"] == pytest.approx(math.exp(masked), rel=1e-5)

@@ -122,6 +122,7 @@ def test_small_logprob_tiles_keep_trl_log_probs_and_gradients():
 
 def test_eval_log_probs_do_not_depend_on_the_logit_budget():
     from align_kit.data.sources import load_data
+    from align_kit.evaluation.policy import completion_logps, logit_batches
     from align_kit.models import load_model, load_tokenizer
 
     r = recipe("dpo")
@@ -130,9 +131,9 @@ def test_eval_log_probs_do_not_depend_on_the_logit_budget():
     model = load_model(r.model, tok)
     pairs = load_data(r.data, "preference").train[:6]
     prompts, chosen = [p["prompt"] for p in pairs], [p["chosen"] for p in pairs]
-    batched = dpo.completion_logps(model, tok, prompts, chosen)  # one padded forward of all 6 rows
-    one_by_one = dpo.completion_logps(model, tok, prompts, chosen, logit_budget=1)  # 6 unpadded forwards
+    batched = completion_logps(model, tok, prompts, chosen)  # one padded forward of all 6 rows
+    one_by_one = completion_logps(model, tok, prompts, chosen, logit_budget=1)  # 6 unpadded forwards
     assert len(batched) == 6 and max(batched) < -1.0
     assert one_by_one == pytest.approx(batched, rel=1e-5, abs=1e-4)
-    assert dpo.logit_batches([7, 9, 8], vocab=10, budget=1) == [(0, 1), (1, 2), (2, 3)]
-    assert dpo.logit_batches([7, 9, 8], vocab=10, budget=10**6, max_rows=2) == [(0, 2), (2, 3)]
+    assert logit_batches([7, 9, 8], vocab=10, budget=1) == [(0, 1), (1, 2), (2, 3)]
+    assert logit_batches([7, 9, 8], vocab=10, budget=10**6, max_rows=2) == [(0, 2), (2, 3)]

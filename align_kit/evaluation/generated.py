@@ -1,75 +1,28 @@
-"""Evaluation with real models: perplexity, reward-model accuracy, win rate, verifier accuracy, samples.
+"""Evaluation of generated answers: greedy responses to prompts, verifier accuracy, win rate, side-by-side samples.
 
-Each function computes its inputs with the model and hands the numbers to the matching ``evaluate`` metric in
-:mod:`align_kit.metrics`, so the formulas live in one place and users can apply them to their own numbers.
-A score function has the shape of :class:`align_kit.scoring.RewardScorer`: ``score_fn(prompt_messages,
-responses) -> list[float]``; a verifier that of the quickstart tasks: ``verify(prompt_text, response) -> bool``.
-Long loops show a tqdm bar on a terminal (and stay silent in logs and CI).
+Each function generates with the model and hands the numbers to the matching ``evaluate`` metric in
+:mod:`align_kit.metrics`. A score function has the shape of :class:`align_kit.scoring.RewardScorer`:
+``score_fn(prompt_messages, responses) -> list[float]``; a verifier that of the quickstart tasks:
+``verify(prompt_text, response) -> bool``. Long loops show a tqdm bar on a terminal (silent in logs and CI).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import torch
 from tqdm.auto import tqdm
 
 from align_kit.errors import DataError, describe
+from align_kit.evaluation.pairwise import ScoreFn
 from align_kit.metrics import compute
 
-ScoreFn = Callable[[list[dict], list[str]], list[float]]
 
-
-def _bar(iterable, desc: str, total: int | None = None):
+def progress(iterable, desc: str, total: int | None = None):
     return tqdm(iterable, desc=desc, total=total, disable=None, leave=False)  # None: off when not a TTY
 
 
-def _windows(ids: list[int], max_length: int) -> list[list[int]]:
-    """Split a long token list into consecutive windows of at most ``max_length`` tokens.
-
-    >>> _windows(list(range(7)), 3)
-    [[0, 1, 2], [3, 4, 5], [6]]
-    """
-    return [ids[i:i + max_length] for i in range(0, len(ids), max_length)]
-
-
-@torch.no_grad()
-def token_logprobs(model, tokenizer, texts: Sequence[str], max_length: int = 512, batch_size: int = 8) -> list[list[float]]:
-    """Natural-log probability of every predicted token of each text, one list per text.
-
-    A text longer than ``max_length`` is cut into consecutive windows; the first token of each window is
-    given (not scored), so each window scores ``len - 1`` tokens. Padding is never scored.
-    """
-    model.eval()
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    pieces: list[tuple[int, list[int]]] = []  # (text index, window ids)
-    for i, text in enumerate(texts):
-        if not isinstance(text, str) or not text.strip():
-            raise DataError("texts", i + 1, "text", describe(text), "a non-empty string")
-        for window in _windows(tokenizer(text)["input_ids"], max_length):
-            if len(window) > 1:
-                pieces.append((i, window))
-    out: list[list[float]] = [[] for _ in texts]
-    device = next(model.parameters()).device
-    for start in _bar(range(0, len(pieces), batch_size), "perplexity", total=-(-len(pieces) // batch_size)):
-        chunk = pieces[start:start + batch_size]
-        width = max(len(w) for _, w in chunk)
-        ids = torch.tensor([w + [pad] * (width - len(w)) for _, w in chunk], device=device)
-        mask = torch.tensor([[1] * len(w) + [0] * (width - len(w)) for _, w in chunk], device=device)
-        logits = model(input_ids=ids, attention_mask=mask).logits.float()
-        # logits[:, t] predicts token t + 1: shift by one and read the log-prob of the actual next token
-        logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-        for row, (text_index, window) in enumerate(chunk):
-            out[text_index].extend(logp[row, : len(window) - 1].tolist())
-    return out
-
-
-def perplexity(model, tokenizer, texts: Sequence[str], max_length: int = 512, batch_size: int = 8) -> dict:
-    """Token-weighted perplexity of held-out texts: ``exp(sum NLL / tokens)`` (see ``token_perplexity``)."""
-    return compute("token_perplexity", logprobs=token_logprobs(model, tokenizer, texts, max_length, batch_size))
-
-
-def _prompt_of(record: dict, row: int) -> list[dict]:
+def prompt_of(record: dict, row: int, source: str = "prompts") -> list[dict]:
+    """The conversation to answer: ``prompt`` (a string or messages), or ``messages`` up to the last user turn."""
     prompt = record.get("prompt")
     if isinstance(prompt, str) and prompt.strip():
         return [{"role": "user", "content": prompt}]
@@ -80,7 +33,7 @@ def _prompt_of(record: dict, row: int) -> list[dict]:
         last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=None)
         if last_user is not None:
             return messages[: last_user + 1]
-    raise DataError("prompts", row, "prompt", describe(prompt), "a prompt string, a list of messages, or messages")
+    raise DataError(source, row, "prompt", describe(prompt), "a prompt string, a list of messages, or messages")
 
 
 def prompts_from_records(records: Sequence[dict]) -> list[list[dict]]:
@@ -90,33 +43,19 @@ def prompts_from_records(records: Sequence[dict]) -> list[list[dict]]:
     ...                                                      {"role": "assistant", "content": "b"}]}])
     [[{'role': 'user', 'content': 'Hi'}], [{'role': 'user', 'content': 'a'}]]
     """
-    return [_prompt_of(r, i + 1) for i, r in enumerate(records)]
+    return [prompt_of(r, i + 1) for i, r in enumerate(records)]
 
 
 def generate_responses(model, tokenizer, prompts: Sequence[list[dict]], max_new_tokens: int = 32,
-                       batch_size: int = 16, desc: str = "generate") -> list[str]:
+                       batch_size: int = 32, desc: str = "generate") -> list[str]:
     """Greedy responses to conversations, batch by batch with a progress bar."""
     from align_kit.generation import generate
 
     out: list[str] = []
-    for start in _bar(range(0, len(prompts), batch_size), desc, total=-(-len(prompts) // batch_size)):
+    for start in progress(range(0, len(prompts), batch_size), desc, total=-(-len(prompts) // batch_size)):
         out += generate(model, tokenizer, list(prompts[start:start + batch_size]), max_new_tokens=max_new_tokens,
                         batch_size=batch_size)
     return out
-
-
-def reward_accuracy(score_fn: ScoreFn, pairs: Sequence[dict]) -> dict:
-    """Pairwise accuracy and mean margin of a reward model on preference pairs (ties count half).
-
-    ``pairs`` use the Preference schema: ``{"prompt": [messages], "chosen": [assistant msg], "rejected": [...]}``.
-    """
-    chosen, rejected = [], []
-    for pair in _bar(pairs, "reward pairs"):
-        c, r = score_fn(pair["prompt"], [pair["chosen"][-1]["content"], pair["rejected"][-1]["content"]])
-        chosen.append(c)
-        rejected.append(r)
-    result = compute("reward_accuracy", chosen_scores=chosen, rejected_scores=rejected)
-    return {**result, "chosen_scores": chosen, "rejected_scores": rejected}
 
 
 def win_rate(policy, reference, tokenizer, prompts: Sequence[list[dict]], score_fn: ScoreFn,
@@ -129,7 +68,7 @@ def win_rate(policy, reference, tokenizer, prompts: Sequence[list[dict]], score_
     reference_out = generate_responses(reference, reference_tokenizer or tokenizer, prompts, max_new_tokens,
                                        desc="reference")
     p_scores, r_scores = [], []
-    for prompt, p, r in _bar(list(zip(prompts, policy_out, reference_out)), "judge"):
+    for prompt, p, r in progress(list(zip(prompts, policy_out, reference_out)), "judge"):
         ps, rs = score_fn(prompt, [p, r])
         p_scores.append(ps)
         r_scores.append(rs)
