@@ -39,7 +39,9 @@ def check_source(args: ModelArgs) -> None:
     name = args.name_or_path
     if name == BUILTIN:
         return
-    looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name).suffix
+    # a Hub id is "owner/name" (dots allowed: Qwen/Qwen2.5-7B); a path starts with . / ~, has more parts, or is
+    # a bare file name
+    looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1 or ("/" not in name and Path(name).suffix)
     if looks_local and not _is_local(name):
         raise ConfigError(f"model.name_or_path: '{name}' does not exist (expected a checkpoint folder or a Hub id)")
     if _is_local(name):
