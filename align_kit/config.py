@@ -148,7 +148,10 @@ class Recipe:
         align_kit's defaults and the stage's own settings filled in: the one the loader validated, or with
         ``extra`` keys a new one built the same way."""
         if not extra and self.built_trainer_config is not None:
-            return self.built_trainer_config
+            import copy
+
+            # a copy: a Trainer may set attributes on its args, and a recipe can be run more than once
+            return copy.copy(self.built_trainer_config)
         from align_kit.recipe_check import build_trainer_config
 
         return build_trainer_config(self, **extra)

@@ -257,9 +257,9 @@ def test_the_run_takes_the_trainer_config_the_loader_validated(inputs):
     from align_kit.config import recipe_from_dict
 
     sft = recipe_from_dict(_set(_base("sft", inputs), "trainer.packing", True))
-    assert sft.trainer_config() is sft.built_trainer_config
+    assert sft.trainer_config() == sft.built_trainer_config  # the validated one (a copy: a Trainer may change it)
     assert (sft.trainer_config().packing, sft.trainer_config().padding_free) == (False, False)  # align_kit packs
     dpo = recipe_from_dict(_set(_base("dpo", inputs), "dpo", {"reference": "precomputed"}))
     assert dpo.trainer_config().precompute_ref_log_probs is True
     ppo = recipe_from_dict(_base("grpo", inputs))
-    assert ppo.trainer_config() is ppo.built_trainer_config and ppo.trainer_config().updates_per_epoch == 1
+    assert ppo.trainer_config() == ppo.built_trainer_config and ppo.trainer_config().updates_per_epoch == 1
