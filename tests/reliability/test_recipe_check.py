@@ -93,6 +93,9 @@ CASES = [
      ["model.name_or_path", "no_model", "does not exist", "expected a checkpoint folder"]),
     ("sft_model_ships_code", "sft", [("model.name_or_path", "{tmp}/remote")],
      ["model.name_or_path", "ships its own Python code", "found model.trust_remote_code: false", "expected true"]),
+    ("sft_cached_hub_model_ships_code", "sft", [("model.name_or_path", "someone/coded-model")],
+     ["model.name_or_path", "'someone/coded-model' ships its own Python code", "modeling_coded.py",
+      "found model.trust_remote_code: false", "expected true"]),
     ("sft_data_file_missing", "sft", [("data.train", [{"path": "{tmp}/missing.jsonl"}])],
      ["data.train[0].path", "missing.jsonl", "expected an existing data file"]),
     ("sft_unknown_card", "sft", [("data.train", [{"name": "quickstart-taks"}])],
@@ -145,9 +148,21 @@ def _fill(value, tmp):
 
 
 @pytest.fixture
-def inputs(tmp_path):
-    """The files the valid recipes name: stage folders for ppo, a text file for pretrain, prompt rows, and a
-    model folder whose config.json names its own code (auto_map)."""
+def inputs(tmp_path, monkeypatch):
+    """The files the valid recipes name: stage folders for ppo, a text file for pretrain, prompt rows, a
+    model folder whose config.json names its own code (auto_map), and a Hub repository in the local Hugging
+    Face cache that does the same (its config.json only: nothing is downloaded)."""
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hub_cache"
+    repo = cache / "models--someone--coded-model"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    (repo / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    (repo / "snapshots" / ("0" * 40) / "config.json").write_text(json.dumps(
+        {"model_type": "coded", "auto_map": {"AutoConfig": "configuration_coded.CodedConfig",
+                                             "AutoModelForCausalLM": "modeling_coded.CodedForCausalLM"}}))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
     for name in ("sft", "reward"):
         (tmp_path / name / "model").mkdir(parents=True)
         (tmp_path / name / "model" / "config.json").write_text(json.dumps({"model_type": "llama"}))
@@ -205,7 +220,7 @@ def _error_line(argv, capsys) -> str:
 
 
 def test_the_cases_cover_every_stage_and_at_least_twenty_recipes():
-    assert len(CASES) >= 20
+    assert len(CASES) >= 20 and len({c[0] for c in CASES}) == len(CASES)
     assert {stage for _, stage, _, _ in CASES} == {"pretrain", "sft", "reward", "dpo", "kto", "ppo", "grpo", "rloo"}
 
 
