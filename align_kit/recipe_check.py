@@ -154,6 +154,7 @@ def check_inputs(recipe) -> None:
     check_source(dataclasses.replace(model, name_or_path=name))
     if recipe.stage == "ppo" and opts.reward_model:
         check_source(dataclasses.replace(model, name_or_path=str(stage_model_folder(opts.reward_model))))
+    _check_family(model, name)
     _check_block_size(recipe, name)
     _check_modules(recipe)
     _check_files(recipe)
@@ -193,6 +194,28 @@ def _check_files(recipe) -> None:
                           f"{ext.tokens_file!r} (no such file)")
 
 
+def _config_json(name: str) -> dict:
+    """A local checkpoint's config.json (no weights), or {}."""
+    import json
+
+    try:
+        return json.loads((Path(name) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _check_family(model, name: str) -> None:
+    """``model.family: auto`` takes the family from config.json's model_type: one align_kit has no template and
+    stop tokens for stops the run when the tokenizer loads; here it stops before."""
+    if model.family != "auto" or not Path(name).is_dir():
+        return
+    model_type = _config_json(name).get("model_type")
+    if isinstance(model_type, str):
+        from align_kit.families import family_for_model_type
+
+        _keyed("model.family", family_for_model_type, model_type)
+
+
 def _check_block_size(recipe, name: str) -> None:
     """pretrain.block_size within the model's max_position_embeddings, read from its config (no weights)."""
     if recipe.stage != "pretrain":
@@ -203,15 +226,8 @@ def _check_block_size(recipe, name: str) -> None:
         from align_kit.quickstart.model import TINY
 
         limit = TINY["max_position_embeddings"]
-    elif (Path(name) / "config.json").is_file():
-        import json
-
-        try:
-            limit = json.loads((Path(name) / "config.json").read_text(encoding="utf-8")).get("max_position_embeddings")
-        except (OSError, ValueError, AttributeError):
-            return
     else:
-        return
+        limit = _config_json(name).get("max_position_embeddings")
     if isinstance(limit, int) and recipe.options.block_size > limit:
         raise ConfigError(f"pretrain.block_size: expected at most the model's max_position_embeddings={limit}, "
                           f"found {recipe.options.block_size}")

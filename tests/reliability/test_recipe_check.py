@@ -96,6 +96,8 @@ CASES = [
     ("sft_cached_hub_model_ships_code", "sft", [("model.name_or_path", "someone/coded-model")],
      ["model.name_or_path", "'someone/coded-model' ships its own Python code", "modeling_coded.py",
       "found model.trust_remote_code: false", "expected true"]),
+    ("sft_model_type_without_family", "sft", [("model.name_or_path", "{tmp}/bert")],
+     ["model.family", "model_type 'bert' is not a known family", "set model.family to one of"]),
     ("sft_data_file_missing", "sft", [("data.train", [{"path": "{tmp}/missing.jsonl"}])],
      ["data.train[0].path", "missing.jsonl", "expected an existing data file"]),
     ("sft_unknown_card", "sft", [("data.train", [{"name": "quickstart-taks"}])],
@@ -169,6 +171,8 @@ def inputs(tmp_path, monkeypatch):
     (tmp_path / "remote").mkdir()
     (tmp_path / "remote" / "config.json").write_text(json.dumps(
         {"model_type": "chatglm", "auto_map": {"AutoModel": "modeling_chatglm.ChatGLMModel"}}))
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "config.json").write_text(json.dumps({"model_type": "bert"}))
     (tmp_path / "text.txt").write_text("the quick brown fox jumps over the lazy dog\n" * 50)
     (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in PROMPT_ROWS))
     return tmp_path
