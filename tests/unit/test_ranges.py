@@ -10,6 +10,7 @@ import pytest
 
 from align_kit.config import DataArgs, DataSource, PeftArgs, QuantArgs, Recipe
 from align_kit.errors import ConfigError
+from align_kit.harness import EvaluationArgs
 from align_kit.ranges import RANGES, UNCHECKED, check_value
 from align_kit.stages import STAGES, get_stage
 
@@ -43,6 +44,7 @@ def numeric_settings(cls, prefix: str) -> set[str]:
 def all_settings() -> set[str]:
     keys = {k for k in numeric_settings(Recipe, "") if "." not in k}  # top-level: seed
     keys |= numeric_settings(PeftArgs, "peft") | numeric_settings(QuantArgs, "quantization")
+    keys |= numeric_settings(EvaluationArgs, "evaluation")
     keys |= {k for k in numeric_settings(DataArgs, "data") if k.count(".") == 1}
     keys |= numeric_settings(DataSource, "data.train") | numeric_settings(DataSource, "data.eval")
     for name in STAGES:
