@@ -140,15 +140,21 @@ class Recipe:
     source: str | None = None
     """The file the recipe came from (set by the loader)."""
 
-    def trainer_config(self, **extra):
-        """Instantiate the stage's trainer config with output_dir and seed filled in."""
-        from align_kit.stages import get_stage
-        from align_kit.stages.common import trainer_defaults
+    # The trainer config the loader built and validated (align_kit.recipe_check); not a recipe field
+    built_trainer_config = None
 
-        cls = get_stage(self.stage).TRAINER_CONFIG
-        kwargs = {"output_dir": self.output_dir, "seed": self.seed, **trainer_defaults(self), **self.trainer, **extra}
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in kwargs.items() if k in names})
+    def trainer_config(self, **extra):
+        """The stage's trainer config (TRL's SFTConfig, DPOConfig, ..., or PPOConfig) with output_dir, seed,
+        align_kit's defaults and the stage's own settings filled in: the one the loader validated, or with
+        ``extra`` keys a new one built the same way."""
+        if not extra and self.built_trainer_config is not None:
+            import copy
+
+            # a copy: a Trainer may set attributes on its args, and a recipe can be run more than once
+            return copy.copy(self.built_trainer_config)
+        from align_kit.recipe_check import build_trainer_config
+
+        return build_trainer_config(self, **extra)
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
@@ -335,7 +341,11 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"override '{item}': expected dotted.key=value, e.g. trainer.learning_rate=1e-4")
         key, text = item.split("=", 1)
-        value = parse_yaml(text) if text.strip() else ""
+        try:
+            value = parse_yaml(text) if text.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override '{item}': expected a YAML value after '=', found {text!r} "
+                              f"({' '.join(str(exc).split())[:120]})") from None
         node = raw
         parts = key.split(".")
         for part in parts[:-1]:
@@ -368,20 +378,21 @@ def read_yaml_file(path: Path, what: str = "recipe"):
         raise ConfigError(f"{path}: {exc}") from None
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read, override, expand and validate a recipe file. Nothing heavy is loaded."""
+def load_recipe(path: str | Path, overrides: list[str] | None = None, inputs: bool = True) -> Recipe:
+    """Read, override, expand and validate a recipe file (see :func:`recipe_from_dict`). Nothing heavy is loaded."""
     path = Path(path)
     raw = read_yaml_file(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with stage, model, data, trainer; found {type(raw).__name__}")
     try:
-        return recipe_from_dict(apply_overrides(raw, overrides or []), source=str(path))
+        return recipe_from_dict(apply_overrides(raw, overrides or []), source=str(path), inputs=inputs)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
 
 
-def recipe_from_dict(raw: dict, source: str | None = None) -> Recipe:
-    """Validate a recipe given as a dict (the Python API's entry point)."""
+def recipe_from_dict(raw: dict, source: str | None = None, inputs: bool = True) -> Recipe:
+    """Validate a recipe given as a dict (the Python API's entry point): completely, as a run would
+    (align_kit.recipe_check); ``inputs=False`` leaves out the files, folders and modules it names."""
     from align_kit.stages import STAGES, get_stage
 
     raw = expand_env(dict(raw))
@@ -404,20 +415,9 @@ def recipe_from_dict(raw: dict, source: str | None = None) -> Recipe:
     elif options_raw:
         raise ConfigError(f"stage '{stage_name}' takes no '{stage_name}:' block")
     validate_trainer(recipe.trainer, stage.TRAINER_CONFIG)
-    from align_kit.models import check_targets_early
-    from align_kit.ranges import check_ranges
+    from align_kit.recipe_check import check_recipe
 
-    check_ranges(recipe)
-
-    check_targets_early(recipe)
-    for hook in getattr(stage, "VALIDATORS", ()):
-        hook(recipe)
-    from align_kit.compat import check_compatibility
-
-    check_compatibility(recipe)
-    from align_kit.harness_stage import check_recipe
-
-    check_recipe(recipe)
+    check_recipe(recipe, stage, inputs=inputs)
     return recipe
 
 
@@ -426,7 +426,7 @@ RESERVED_TRAINER_KEYS = {"output_dir": "use the top-level output_dir", "seed": "
 
 
 def validate_trainer(trainer: dict, cls) -> None:
-    """Check ``trainer:`` keys and value types against the TRL config class, and basic ranges."""
+    """Check ``trainer:`` keys and value types against the config class (ranges: align_kit.ranges)."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     for key, value in trainer.items():
@@ -438,13 +438,6 @@ def validate_trainer(trainer: dict, cls) -> None:
                               + (f" (did you mean '{hint}'?)" if hint else ""))
         if value is not None:
             _check_value(value, _loosen(hints.get(key, Any)), f"trainer.{key}")
-    for key in ("learning_rate", "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",
-                "max_length", "beta"):
-        value = trainer.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
-            raise ConfigError(f"trainer.{key}: expected a positive number, found {value}")
-    if trainer.get("max_steps", -1) == 0:
-        raise ConfigError("trainer.max_steps: expected a positive number (or -1 to use num_train_epochs), found 0")
 
 
 def _loosen(tp):

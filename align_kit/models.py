@@ -39,7 +39,9 @@ def check_source(args: ModelArgs) -> None:
     name = args.name_or_path
     if name == BUILTIN:
         return
-    looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name).suffix
+    # a Hub id is "owner/name" (dots allowed: Qwen/Qwen2.5-7B); a path starts with . / ~, has more parts, or is
+    # a bare file name
+    looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1 or ("/" not in name and Path(name).suffix)
     if looks_local and not _is_local(name):
         raise ConfigError(f"model.name_or_path: '{name}' does not exist (expected a checkpoint folder or a Hub id)")
     if _is_local(name):
@@ -53,13 +55,30 @@ def check_source(args: ModelArgs) -> None:
                               "model.allow_pickle: true if you trust their origin")
         if not (folder / "config.json").exists() and not (folder / "adapter_config.json").exists():
             raise ConfigError(f"model.name_or_path: '{name}' has no config.json (expected a Hugging Face checkpoint folder)")
+    folder = Path(name) if _is_local(name) else _cached_snapshot(args)
+    if folder is not None and not args.trust_remote_code:
         custom = _custom_code(folder)
-        if custom and not args.trust_remote_code:
-            raise ConfigError(f"model.name_or_path: '{name}' ships its own Python code ({', '.join(custom[:3])}, named "
-                              "by auto_map) that loading would run; found model.trust_remote_code: false, expected "
-                              "true to run it. Set it only if you trust this repository")
+        if custom:
+            raise ConfigError(f"model.name_or_path: '{name}' ships its own Python code ({', '.join(custom[:3])}, "
+                              "named by auto_map) that loading would run; found model.trust_remote_code: false, "
+                              "expected true to run it. Set it only if you trust this repository")
     if args.trust_remote_code:
         log.warning("trust_remote_code is on: Python code from '%s' will run on this machine", name)
+
+
+def _cached_snapshot(args: ModelArgs) -> Path | None:
+    """The local Hugging Face cache's snapshot folder of a Hub id when its config.json is there (no download), so
+    code a cached repository ships is refused before anything loads; else None (checked when it loads)."""
+    name = args.name_or_path
+    if name.count("/") != 1 or name.startswith((".", "/", "~")):
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(name, "config.json", revision=args.revision)
+    except Exception:  # not a valid repository id, an unreadable cache: the load will say what is wrong
+        return None
+    return Path(found).parent if isinstance(found, str) else None
 
 
 def _custom_code(folder: Path) -> list[str]:

@@ -132,7 +132,9 @@ def run_pipeline(path: str | Path, overrides: dict[str, list[str]] | None = None
     for stage in spec.stages:
         out = root / stage.name
         extra = [f"output_dir={out}"] + [f"{k}={common.model_dir(done[v])}" for k, v in stage.use.items()]
-        recipe = load_recipe(base / stage.recipe, [*stage.overrides, *(overrides or {}).get(stage.name, []), *extra])
+        # a stage left out by --only is recorded, not run: its inputs (an earlier stage's folder) may not exist
+        recipe = load_recipe(base / stage.recipe, [*stage.overrides, *(overrides or {}).get(stage.name, []), *extra],
+                             inputs=not only or stage.name in only)
         if spec.evaluation is not None and recipe.evaluation is None and recipe.stage != "reward":
             recipe.evaluation = spec.evaluation
         if only and stage.name not in only:

@@ -161,7 +161,9 @@ def cmd_inspect(args) -> int:
     from align_kit.families import get_template, stop_token_ids
     from align_kit.models import load_tokenizer
 
-    recipe = load_recipe(args.recipe, args.overrides)
+    # inputs=False: inspect reads the data and tokenizer itself, and shows a PPO recipe's prompts with the
+    # builtin model too (a run needs the SFT stage's folder)
+    recipe = load_recipe(args.recipe, args.overrides, inputs=False)
     if recipe.stage == "ppo":
         return _inspect_prompt(recipe, args)
     if recipe.stage not in ("sft", "dpo", "kto", "reward"):

@@ -93,6 +93,10 @@ class PPOConfig:
     seed: int = 0  # seeds sampling, prompt order and minibatch order
 
     def __post_init__(self) -> None:
+        """Every field in its range (the one table, align_kit.ranges), then what fields must satisfy together.
+        Keys are named as a recipe writes them (``trainer.<field>``)."""
+        from align_kit.ranges import check_fields
+
         choices = {
             "memory_mode": ("separate", "lora"), "critic_init": ("reward", "policy"),
             "lr_scheduler": ("constant", "linear"), "score_norm": ("none", "batch"),
@@ -102,55 +106,32 @@ class PPOConfig:
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise ConfigError(f"ppo: {name} = {getattr(self, name)!r}; expected one of {list(allowed)}")
-        positive = ("steps", "batch_size", "mini_batch_size", "gradient_accumulation_steps", "ppo_epochs",
-                    "max_new_tokens", "logging_steps", "sample_steps", "save_steps", "lora_r", "num_generations")
-        for name in positive:
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ConfigError(f"ppo: {name} = {getattr(self, name)!r}; expected a positive integer")
+                raise ConfigError(f"trainer.{name}: expected one of {', '.join(allowed)}, found {getattr(self, name)!r}")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type in ("int", "int | None") and value is not None and (isinstance(value, bool)
+                                                                          or not isinstance(value, int)):
+                raise ConfigError(f"trainer.{f.name}: expected an integer, found {value!r}")
+        check_fields(self, "trainer")
         per_update = self.mini_batch_size * self.gradient_accumulation_steps
         if self.rows_per_process % per_update:
             raise ConfigError(
-                f"ppo: batch_size x num_generations = {self.batch_size} x {self.num_generations} = "
-                f"{self.rows_per_process} rows per process is not a multiple of mini_batch_size x "
-                f"gradient_accumulation_steps = {self.mini_batch_size} x {self.gradient_accumulation_steps}")
+                f"trainer.batch_size: batch_size x num_generations = {self.batch_size} x {self.num_generations} = "
+                f"{self.rows_per_process} rows per process; expected a multiple of mini_batch_size x "
+                f"gradient_accumulation_steps = {self.mini_batch_size} x {self.gradient_accumulation_steps} = "
+                f"{per_update}")
         if self.advantage_estimator in GROUP_ESTIMATORS and self.num_generations < 2:
-            raise ConfigError(f"ppo: advantage_estimator {self.advantage_estimator!r} takes its baseline within a "
-                              f"prompt's group; num_generations = {self.num_generations}, expected >= 2")
+            raise ConfigError(f"trainer.num_generations: advantage_estimator {self.advantage_estimator!r} takes its "
+                              f"baseline within a prompt's group; expected >= 2, found {self.num_generations}")
         if self.dynamic_sampling and self.num_generations < 2:
-            raise ConfigError("ppo: dynamic_sampling drops groups whose rewards are all equal; it needs "
-                              f"num_generations >= 2, found {self.num_generations}")
-        for name in ("kl_coef", "vf_coef"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ConfigError(f"ppo: {name} = {value!r}; expected a number >= 0 (0 turns it off)")
-        for name in ("clip_range_low", "clip_range_high"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ConfigError(f"ppo: {name} = {value!r}; expected a positive number (or null for clip_range)")
-        if self.clip_range_low is not None and self.clip_range_low >= 1:
-            raise ConfigError(f"ppo: clip_range_low = {self.clip_range_low}; expected < 1 (the ratio floor is "
-                              "1 - clip_range_low)")
-        if not 0 <= self.overlong_buffer < self.max_new_tokens:
-            raise ConfigError(f"ppo: overlong_buffer = {self.overlong_buffer}; expected 0 (off) up to "
-                              f"max_new_tokens - 1 = {self.max_new_tokens - 1}")
-        if self.overlong_penalty < 0:
-            raise ConfigError(f"ppo: overlong_penalty = {self.overlong_penalty}; expected a number >= 0")
-        if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
-            raise ConfigError("ppo: sampling needs temperature > 0, 0 < top_p <= 1 and top_k >= 0")
-        if not 0 <= self.gamma <= 1 or not 0 <= self.lam <= 1:
-            raise ConfigError(f"ppo: gamma {self.gamma} and lam {self.lam} must lie in [0, 1]")
-        if self.clip_range <= 0 or self.clip_range_value <= 0:
-            raise ConfigError("ppo: clip_range and clip_range_value must be positive")
-        if self.kl_limit is not None and self.kl_limit <= 0:
-            raise ConfigError(f"ppo: kl_limit {self.kl_limit} must be positive (or null for no limit)")
-        if self.target_kl is not None and self.target_kl <= 0:
-            raise ConfigError(f"ppo: target_kl {self.target_kl} must be positive (or null for no early stop)")
-        if self.ptx_coef < 0:
-            raise ConfigError(f"ppo: ptx_coef {self.ptx_coef} must be >= 0 (0 turns PPO-ptx off)")
+            raise ConfigError("trainer.num_generations: dynamic_sampling drops groups whose rewards are all equal; "
+                              f"expected >= 2, found {self.num_generations}")
+        if self.overlong_buffer >= self.max_new_tokens:
+            raise ConfigError(f"trainer.overlong_buffer: expected 0 (off) up to max_new_tokens - 1 = "
+                              f"{self.max_new_tokens - 1}, found {self.overlong_buffer}")
         if self.memory_mode == "lora" and self.critic_init != "reward":
-            raise ConfigError("ppo: memory_mode 'lora' shares one base between critic and reward model, "
-                              "so critic_init must be 'reward'")
+            raise ConfigError(f"trainer.critic_init: memory_mode 'lora' shares one base between critic and reward "
+                              f"model; expected 'reward', found {self.critic_init!r}")
 
     @property
     def uses_critic(self) -> bool:
@@ -193,5 +174,5 @@ class PPOConfig:
             if key not in known:
                 near = difflib.get_close_matches(key, known, n=1)
                 hint = f"; did you mean {near[0]!r}?" if near else ""
-                raise ConfigError(f"ppo: unknown setting {key!r}{hint}")
+                raise ConfigError(f"trainer.{key}: not a PPOConfig setting{hint}")
         return cls(**values)

@@ -168,17 +168,17 @@ class ResolvedSource:
     score: Callable[[str, str, dict], object]  # (prompt, response, reference) -> the raw value
 
 
-def _import(spec: str) -> Callable:
+def _import(spec: str, where: str = "ppo.rewards") -> Callable:
     module, _, attr = spec.partition(":")
     if not module or not attr:
-        raise ConfigError(f"ppo.rewards: function {spec!r}; expected module:function")
+        raise ConfigError(f"{where}: function {spec!r}; expected module:function")
     try:
         fn = getattr(importlib.import_module(module), attr)
     except Exception as exc:  # ImportError, AttributeError, or the module itself failing on import
-        raise ConfigError(f"ppo.rewards: function {spec!r} is not importable ({type(exc).__name__}: {exc}); "
+        raise ConfigError(f"{where}: function {spec!r} is not importable ({type(exc).__name__}: {exc}); "
                           "expected module:function of a module on the Python path") from None
     if not callable(fn):
-        raise ConfigError(f"ppo.rewards: {spec!r} is {describe(fn)}; expected a function")
+        raise ConfigError(f"{where}: {spec!r} is {describe(fn)}; expected a function")
     return fn
 
 
@@ -202,7 +202,7 @@ def resolve_source(spec: RewardSource, index: int) -> ResolvedSource:
     if not isinstance(spec.weight, (int, float)) or not math.isfinite(spec.weight):
         raise ConfigError(f"{where}.weight: {spec.weight!r}; expected a finite number")
     if spec.function is not None:
-        fn = _import(spec.function)
+        fn = _import(spec.function, f"{where}.function")
         name = spec.name or spec.function.rpartition(":")[2]
         if _takes_reference(fn):
             return ResolvedSource(name, float(spec.weight), fn)

@@ -79,13 +79,16 @@ def _check(recipe) -> None:
                           "then caches the reference log-probs in the output folder)")
     if recipe.data is None:
         raise ConfigError(f"data: the {recipe.stage} stage needs preference data (data.train)")
-    if recipe.options.logprob_token_tile < 0:
-        raise ConfigError(f"{recipe.stage}.logprob_token_tile: expected 0 (TRL's tile) or a positive number of "
-                          f"tokens, found {recipe.options.logprob_token_tile}")
     reference_mode(recipe)
 
 
 VALIDATORS = (_check,)
+
+
+def trainer_extras(recipe) -> dict:
+    """What the stage sets in the trainer config itself: TRL precomputes the reference log-probs for
+    ``dpo.reference: precomputed``."""
+    return {"precompute_ref_log_probs": reference_mode(recipe) == "precomputed"}
 
 
 def data_hash(rows: list[dict], *extra: str) -> str:
@@ -176,7 +179,7 @@ def build_trainer(recipe, trainer_cls, train_rows: list[dict], tokenizer, mode: 
         from datasets import Dataset
 
         train_ds = Dataset.from_list(train_rows)
-    args = recipe.trainer_config(precompute_ref_log_probs=mode == "precomputed")
+    args = recipe.trainer_config()  # built by the loader with trainer_extras: precomputed reference or not
     return trainer_cls(model=policy, ref_model=ref, args=args, train_dataset=train_ds,
                        processing_class=tokenizer, peft_config=peft_config,
                        callbacks=common.stage_callbacks(recipe))
@@ -248,4 +251,5 @@ def run_kto(recipe) -> Path:
 
 
 # ``stage: kto`` resolves to this namespace (see align_kit.stages.get_stage).
-KTO = SimpleNamespace(TRAINER_CONFIG=KTOConfig, OPTIONS=Options, VALIDATORS=VALIDATORS, run=run_kto)
+KTO = SimpleNamespace(TRAINER_CONFIG=KTOConfig, OPTIONS=Options, VALIDATORS=VALIDATORS, run=run_kto,
+                      trainer_extras=trainer_extras)

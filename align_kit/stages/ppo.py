@@ -74,37 +74,34 @@ def checkpoint_dir(path: str) -> Path:
 
 def _check(recipe) -> None:
     if recipe.data is None:
-        raise ConfigError("data: the ppo stage needs prompts (data.train)")
-    opts = recipe.options
-    for name, least in (("max_prompt_length", 1), ("eval_max_new_tokens", 1), ("eval_prompts", 0),
-                        ("eval_samples", 0)):
-        value = getattr(opts, name)
-        if value < least:
-            raise ConfigError(f"ppo.{name}: {value}; expected an integer >= {least}"
-                              + (" (0 turns it off)" if least == 0 else ""))
+        raise ConfigError("data: expected prompts (data.train) for the ppo stage, found no data section")
+    opts = recipe.options  # ranges of its numbers: align_kit.ranges
     if not opts.reward_model and not opts.rewards:
-        raise ConfigError("ppo: no reward: set ppo.reward_model (a reward stage's output) and/or ppo.rewards "
-                          "(functions module:function or builtin verifiers)")
-    if opts.reward_timeout <= 0:
-        raise ConfigError(f"ppo.reward_timeout: {opts.reward_timeout}; expected a positive number of seconds")
+        raise ConfigError("ppo.rewards: expected a reward: ppo.reward_model (a reward stage's output) and/or "
+                          "ppo.rewards (functions module:function or builtin verifiers), found neither")
     from align_kit.ppo.rewards import resolve_sources
 
     resolve_sources(opts.rewards)  # imports each function now: --check names one that is not importable
     if opts.verifier:
-        eval_verifier(opts.verifier)
-    cfg = recipe.trainer_config()  # PPOConfig checks its ranges and the batch arithmetic here, before any load
+        try:
+            eval_verifier(opts.verifier)
+        except ConfigError as exc:  # resolved as a reward source: name the recipe key it came from
+            raise ConfigError("ppo.verifier:" + str(exc).split(":", 1)[1]) from None
+    cfg = recipe.trainer_config()  # PPOConfig checked its ranges and the batch arithmetic when the loader built it
     if cfg.uses_critic and not opts.reward_model and (cfg.memory_mode == "lora" or cfg.critic_init == "reward"):
-        raise ConfigError(f"ppo: advantage_estimator gae learns a critic from the reward model "
-                          f"(memory_mode {cfg.memory_mode}, critic_init {cfg.critic_init}) and ppo.reward_model is "
-                          "not set; give one, set critic_init: policy (separate mode), or pick a critic-free "
-                          "estimator (grpo, rloo, reinforce_pp)")
+        raise ConfigError(f"ppo.reward_model: advantage_estimator gae learns a critic that starts from the reward "
+                          f"model (memory_mode {cfg.memory_mode}, critic_init {cfg.critic_init}); expected a reward "
+                          "stage's output, found none. Or set trainer.critic_init: policy (separate mode), or pick a "
+                          "critic-free estimator (grpo, rloo, reinforce_pp)")
     if opts.prompts_from == "prompts" and cfg.ptx_coef > 0:
-        raise ConfigError("ppo: ptx_coef > 0 trains on demonstrations, and prompt rows (prompts_from: prompts) have "
-                          "none; read conversations or preferences, or set trainer.ptx_coef: 0")
-    if recipe.peft is not None and recipe.trainer.get("memory_mode", "separate") != "lora":
-        raise ConfigError("peft: a LoRA block in a ppo recipe means LoRA mode; set trainer.memory_mode: lora")
-    if recipe.trainer.get("memory_mode") == "lora" and recipe.peft is None:
-        raise ConfigError("trainer.memory_mode: lora needs a peft: block (rank, alpha, target modules)")
+        raise ConfigError(f"trainer.ptx_coef: PPO-ptx trains on demonstrations and prompt rows (ppo.prompts_from: "
+                          f"prompts) have none; expected 0, found {cfg.ptx_coef} (or read conversations or preferences)")
+    if recipe.peft is not None and cfg.memory_mode != "lora":
+        raise ConfigError(f"trainer.memory_mode: a peft: block in a ppo recipe means LoRA mode; expected lora, found "
+                          f"{cfg.memory_mode!r}")
+    if cfg.memory_mode == "lora" and recipe.peft is None:
+        raise ConfigError("peft: trainer.memory_mode: lora needs a peft: block (rank, alpha, target modules); "
+                          "found none")
 
 
 VALIDATORS = (_check,)

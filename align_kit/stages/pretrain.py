@@ -81,11 +81,7 @@ OPTIONS = Options
 
 
 def check_options(recipe) -> None:
-    o = recipe.options
-    if o.block_size < 2:
-        raise ConfigError(f"pretrain.block_size: expected at least 2, found {o.block_size}")
-    if o.shuffle_buffer < 0:
-        raise ConfigError(f"pretrain.shuffle_buffer: expected an integer >= 0, found {o.shuffle_buffer}")
+    o = recipe.options  # ranges of block_size, shuffle_buffer, ...: align_kit.ranges
     if o.shards is not None and recipe.data is not None:
         raise ConfigError("pretrain.shards: streams the training blocks, so data must be left out; found a data "
                           "section (tokenise held-out text with the same pipeline to evaluate it)")
@@ -98,10 +94,6 @@ def check_options(recipe) -> None:
     if ext is not None and ext.tokens_file is None and ext.sentencepiece is None:
         raise ConfigError("pretrain.extend_vocab: give tokens_file or sentencepiece (a plain list goes in "
                           "model.new_tokens)")
-    sp = ext.sentencepiece if ext is not None else None
-    if sp is not None and not 0.98 <= sp.character_coverage <= 1.0:
-        raise ConfigError(f"pretrain.extend_vocab.sentencepiece.character_coverage: SentencePiece accepts 0.98 to 1.0, "
-                          f"found {sp.character_coverage}")
     grows = bool(recipe.model.new_tokens) or ext is not None
     if grows and recipe.peft is not None and not set(EMBEDDING_MODULES) & set(recipe.peft.modules_to_save):
         raise ConfigError("new tokens with LoRA: their embedding rows must be trained in full; set "
@@ -111,6 +103,11 @@ def check_options(recipe) -> None:
 
 
 VALIDATORS = (check_options,)
+
+
+def trainer_extras(recipe) -> dict:
+    """Streamed blocks come in the dataset's own (seeded, windowed) order: a random sampler would read all over."""
+    return {"train_sampling_strategy": "sequential"} if recipe.options.shards is not None else {}
 
 
 @dataclass
@@ -262,9 +259,7 @@ def run(recipe) -> Path:
 
     o, out = recipe.options, Path(recipe.output_dir)
     streaming = o.shards is not None
-    # streamed blocks come in the dataset's own (seeded, windowed) order: a random sampler would read all over
-    extra = {"train_sampling_strategy": "sequential"} if streaming else {}
-    args = recipe.trainer_config(**common.trainer_defaults(recipe), **extra)
+    args = recipe.trainer_config()  # built and validated when the recipe was loaded (see trainer_extras)
     tokenizer = load_tokenizer(recipe.model)
     if streaming:
         train_docs, held_out, loaded = [], {}, None
@@ -282,7 +277,7 @@ def run(recipe) -> Path:
         corpus = build_corpus(o, tokenizer, train_docs, held_out, loaded, recipe.seed)
     model = load_model(recipe.model, tokenizer, quant=recipe.quantization)
     max_pos = getattr(model.config, "max_position_embeddings", None)
-    if max_pos is not None and o.block_size > max_pos:
+    if max_pos is not None and o.block_size > max_pos:  # a Hub model's; local ones were checked at load
         raise ConfigError(f"pretrain.block_size={o.block_size} exceeds the model's max_position_embeddings={max_pos}")
     model = add_adapters(model, recipe)
     eval_sets = {name: Dataset.from_dict({"input_ids": blocks}) for name, blocks in corpus.eval.items()}

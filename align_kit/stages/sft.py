@@ -120,7 +120,7 @@ def run(recipe) -> Path:
     data = load_data(recipe.data, "instruction")
     train_rows, train_stats = tokenize_rows(data.train, tokenizer, "train")
     eval_rows, _ = tokenize_rows(data.eval, tokenizer, "eval")
-    args = recipe.trainer_config(**_defaults(recipe, bool(eval_rows)))
+    args = recipe.trainer_config()  # built and validated when the recipe was loaded
     train_rows, train_fit = fit_rows(train_rows, args.max_length, recipe.data.long_rows, "train")
     eval_rows, eval_fit = fit_rows(eval_rows, args.max_length, recipe.data.long_rows, "eval")
     pack = recipe.trainer.get("packing", True)
@@ -150,7 +150,7 @@ def run(recipe) -> Path:
     return out
 
 
-def _defaults(recipe, has_eval: bool) -> dict:
+def trainer_extras(recipe) -> dict:
     """Rows arrive packed by align_kit (see data/packing.py), so TRL's own packing and padding-free are off."""
     return {"packing": False, "padding_free": False}
 

@@ -1,5 +1,6 @@
 """Every recipe under recipes/ validates against the code (keys, TRL fields, stages); every dataset it
-names has a data card, and no evaluation-only split is used for training."""
+names has a data card, and no evaluation-only split is used for training; and each passes the complete check a
+run makes (align_kit.recipe_check) once the earlier stages it builds on have written their folders."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def test_recipe_count():
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(ROOT / "recipes")))
 def test_recipe_validates_and_datasets_have_cards(path, monkeypatch):
     monkeypatch.setenv("ALIGN_KIT_SHARED", str(ROOT.parent / "shared"))
-    recipe = load_recipe(path)
+    recipe = load_recipe(path, inputs=False)  # the folders of earlier stages: test_recipe_passes_the_full_check
     if recipe.data is None:
         return
     for src in recipe.data.train:
@@ -42,7 +43,28 @@ def test_pipelines_reference_valid_recipes(path):
 
     spec, base = load_pipeline(path)
     for stage in spec.stages:
-        load_recipe(base / stage.recipe)
+        load_recipe(base / stage.recipe, inputs=False)
+
+
+def _stage_folder(folder: Path) -> None:
+    """What a finished stage leaves for the next one to check: model/config.json (no weights are read)."""
+    (folder / "model").mkdir(parents=True, exist_ok=True)
+    (folder / "model" / "config.json").write_text('{"model_type": "llama", "max_position_embeddings": 4096}')
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(ROOT / "recipes")))
+def test_recipe_passes_the_full_check(path, shared, tmp_path, monkeypatch):
+    """`align-kit train RECIPE --check` passes every shipped recipe, with the shared data in place and the
+    output folders of the stages it builds on (runs/<family>/sft, .../reward) written, as after those runs."""
+    from align_kit.cli import main
+
+    monkeypatch.setenv("ALIGN_KIT_SHARED", str(shared))
+    monkeypatch.chdir(tmp_path)  # runs/... in the recipes is relative to the working directory
+    raw = load_recipe(path, inputs=False)
+    for value in (raw.model.name_or_path, getattr(raw.options, "reward_model", None)):
+        if value and value.startswith("runs/"):
+            _stage_folder(tmp_path / value)
+    assert main(["train", str(path), f"output_dir={tmp_path / 'out'}", "--check"]) == 0
 
 
 def test_cards_have_provenance_prose():

@@ -60,8 +60,8 @@ CASES = [
      ["sft.verifier_max_new_tokens", "found 0", "at least 1"]),
     ("options_block", _sft, "options", {"verifier": "x:y"}, ["options: not a recipe key", "'sft:'"]),
     ("source_key", _sft, "source", "elsewhere.yaml", ["source: not a recipe key", "set to the recipe file's path"]),
-    ("ppo_kl_coef_neg", _ppo, "trainer.kl_coef", -1, ["kl_coef = -1", "expected a number >= 0"]),
-    ("ppo_vf_coef_neg", _ppo, "trainer.vf_coef", -1, ["vf_coef = -1", "expected a number >= 0"]),
+    ("ppo_kl_coef_neg", _ppo, "trainer.kl_coef", -1, ["trainer.kl_coef", "found -1", "expected a number >= 0"]),
+    ("ppo_vf_coef_neg", _ppo, "trainer.vf_coef", -1, ["trainer.vf_coef", "found -1", "expected a number >= 0"]),
 ]
 
 

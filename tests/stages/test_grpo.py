@@ -198,7 +198,7 @@ def test_reward_sources_refused_at_recipe_load():
         ({"rewards": [{"verifier": "boxd"}]}, r"verifier: 'boxd'; expected one of"),
         ({"rewards": [{"verifier": "regex", "pattern": "("}]}, r"is not a regular expression"),
         ({"rewards": [{"verifier": "exact", "function": f"{FNS}:short"}]}, r"exactly one of"),
-        ({}, r"no reward: set ppo.reward_model"),
+        ({}, r"ppo.rewards: expected a reward: ppo.reward_model"),
     ]
     for opts, message in cases:
         with pytest.raises(ConfigError, match=message):
@@ -206,7 +206,7 @@ def test_reward_sources_refused_at_recipe_load():
     with pytest.raises(ConfigError, match=r"batch_size x num_generations = 3 x 2 = 6 rows per process"):
         recipe_from_dict({**base, "ppo": {"rewards": [{"verifier": "exact"}]},
                           "trainer": {**base["trainer"], "batch_size": 3}})
-    with pytest.raises(ConfigError, match="gae learns a critic from the reward model"):
+    with pytest.raises(ConfigError, match="gae learns a critic that starts from the reward model"):
         recipe_from_dict({**base, "ppo": {"rewards": [{"verifier": "exact"}]}, "trainer": {}})
 
 

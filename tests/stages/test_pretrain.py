@@ -232,14 +232,16 @@ def test_options_are_checked_before_the_model_loads(shared, tmp_path):
         make_recipe(shared, tmp_path, peft={"r": 4}, model__new_tokens=["<x>"])
     with pytest.raises(ConfigError, match="give tokens_file or sentencepiece"):
         make_recipe(shared, tmp_path, pretrain__extend_vocab={"max_new_tokens": 3})
-    with pytest.raises(ConfigError, match="character_coverage: SentencePiece accepts 0.98 to 1.0, found 0.9"):
+    with pytest.raises(ConfigError, match=r"pretrain.extend_vocab.sentencepiece.character_coverage: expected a share in \[0.98, 1.0\] "
+                       r"\(SentencePiece's range\), found 0.9"):
         make_recipe(shared, tmp_path, pretrain__extend_vocab={"sentencepiece": {"character_coverage": 0.9}})
     with pytest.raises(ConfigError, match="embedding_warmup_steps needs new tokens"):
         make_recipe(shared, tmp_path, pretrain__embedding_warmup_steps=2)
     with pytest.raises(ConfigError, match="unknown key 'model_typ'"):
         make_recipe(shared, tmp_path, pretrain__extend_vocab={"sentencepiece": {"model_typ": "bpe"}})
-    with pytest.raises(ConfigError, match="exceeds the model's max_position_embeddings=512"):
-        run_stage(make_recipe(shared, tmp_path, wiki=0, chinese=50, block=1024))
+    with pytest.raises(ConfigError, match="pretrain.block_size: expected at most the model's "
+                                          "max_position_embeddings=512, found 1024"):
+        make_recipe(shared, tmp_path, wiki=0, chinese=50, block=1024)  # read from config.json: no load
 
 
 def test_shipped_pretrain_recipes_load(monkeypatch):

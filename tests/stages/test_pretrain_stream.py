@@ -114,7 +114,7 @@ def test_streaming_options_are_checked(shared, shards, tmp_path):
             "pretrain": {"shards": str(shards)}}
     with pytest.raises(ConfigError, match="pretrain.shards: streams the training blocks, so data must be left out"):
         recipe_from_dict({**base, "data": {"train": [{"path": "a.txt"}]}})
-    with pytest.raises(ConfigError, match="pretrain.shuffle_buffer: expected an integer >= 0, found -1"):
+    with pytest.raises(ConfigError, match=r"pretrain.shuffle_buffer: expected an integer >= 0 \(0 or 1 keeps the shards' order\), found -1"):
         recipe_from_dict({**base, "pretrain": {"shards": str(shards), "shuffle_buffer": -1}})
     with pytest.raises(ConfigError, match="pretrain: expected data .training sources. or pretrain.shards"):
         recipe_from_dict({**base, "pretrain": {}})

@@ -81,7 +81,8 @@ def test_packing_with_remote_modelling_code_is_refused_unless_packing_is_off():
     assert "trust_remote_code" in msg and "set trainer.packing: false" in msg
     assert recipe_from_dict(recipe(model={"trust_remote_code": True}, trainer={"packing": False}))
     # other stages do not pack: no refusal
-    assert recipe_from_dict(recipe("reward", model={"trust_remote_code": True}))
+    assert recipe_from_dict(recipe("reward", model={"trust_remote_code": True},
+                                   data={"train": [{"name": "quickstart-preferences"}]}))
 
 
 # flex_attention is left out here: on CPU it compiles a kernel with inductor (minutes); measured by hand on

@@ -87,10 +87,10 @@ def test_eval_only_split_cannot_train():
 
 
 @pytest.mark.parametrize("key,value,message", [
-    ("eval_samples", -3, r"ppo.eval_samples: -3; expected an integer >= 0 \(0 turns it off\)"),
-    ("eval_prompts", -1, r"ppo.eval_prompts: -1; expected an integer >= 0"),
-    ("max_prompt_length", 0, r"ppo.max_prompt_length: 0; expected an integer >= 1"),
-    ("eval_max_new_tokens", 0, r"ppo.eval_max_new_tokens: 0; expected an integer >= 1"),
+    ("eval_samples", -3, r"ppo.eval_samples: expected an integer >= 0 \(0 turns it off\), found -3"),
+    ("eval_prompts", -1, r"ppo.eval_prompts: expected an integer >= 0 \(0 turns it off\), found -1"),
+    ("max_prompt_length", 0, r"ppo.max_prompt_length: expected an integer of at least 1, found 0"),
+    ("eval_max_new_tokens", 0, r"ppo.eval_max_new_tokens: expected an integer of at least 1, found 0"),
 ])
 def test_ppo_options_out_of_range_are_refused(key, value, message):
     """A negative eval_prompts would have sliced off the last held-out prompt; a negative eval_samples

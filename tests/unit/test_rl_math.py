@@ -187,22 +187,24 @@ def test_overlong_penalty_by_hand():
 
 def test_config_refuses_bad_batch_arithmetic_and_ranges():
     assert PPOConfig(kl_coef=0).kl_coef == 0 and not PPOConfig(kl_coef=0).needs_reference
-    with pytest.raises(ConfigError, match=r"ppo: kl_coef = -1; expected a number >= 0"):
+    with pytest.raises(ConfigError, match=r"trainer.kl_coef: expected a number >= 0 \(0 turns it off\), found -1"):
         PPOConfig(kl_coef=-1)
-    with pytest.raises(ConfigError, match=r"ppo: vf_coef = -1; expected a number >= 0"):
+    with pytest.raises(ConfigError, match=r"trainer.vf_coef: expected a number >= 0 \(0 turns it off\), found -1"):
         PPOConfig(vf_coef=-1)
-    with pytest.raises(ConfigError, match=r"batch_size x num_generations = 3 x 2 = 6 rows per process is not a "
-                                          r"multiple of mini_batch_size x gradient_accumulation_steps = 4 x 1"):
+    with pytest.raises(ConfigError, match=r"trainer.batch_size: batch_size x num_generations = 3 x 2 = 6 rows per process; "
+                                          r"expected a multiple of mini_batch_size x gradient_accumulation_steps = "
+                                          r"4 x 1 = 4"):
         PPOConfig(batch_size=3, num_generations=2, mini_batch_size=4, advantage_estimator="grpo")
-    with pytest.raises(ConfigError, match=r"'rloo' takes its baseline within a prompt's group; num_generations = 1"):
+    with pytest.raises(ConfigError, match=r"trainer.num_generations: advantage_estimator 'rloo' takes its baseline within a prompt's group; "
+                                          r"expected >= 2, found 1"):
         PPOConfig(advantage_estimator="rloo")
-    with pytest.raises(ConfigError, match="advantage_estimator = 'ppo'"):
+    with pytest.raises(ConfigError, match="trainer.advantage_estimator: expected one of gae, grpo, .*found 'ppo'"):
         PPOConfig(advantage_estimator="ppo")
     with pytest.raises(ConfigError, match="dynamic_sampling"):
         PPOConfig(dynamic_sampling=True)
-    with pytest.raises(ConfigError, match="clip_range_low = 1.5"):
+    with pytest.raises(ConfigError, match=r"trainer.clip_range_low: expected a number in \(0, 1\).*found 1.5"):
         PPOConfig(clip_range_low=1.5)
-    with pytest.raises(ConfigError, match="overlong_buffer = 32"):
+    with pytest.raises(ConfigError, match="trainer.overlong_buffer: expected 0 \\(off\\) up to max_new_tokens - 1 = 31, found 32"):
         PPOConfig(overlong_buffer=32, max_new_tokens=32)
     c = PPOConfig(batch_size=4, num_generations=8, mini_batch_size=8, gradient_accumulation_steps=2,
                   advantage_estimator="grpo")
