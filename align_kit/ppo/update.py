@@ -14,6 +14,7 @@ import torch
 
 from align_kit.data.tokenize import Tokenized
 from align_kit.ppo.experience import Experience
+from align_kit.ppo.forward import response_logits
 from align_kit.ppo.kl import kl_per_token
 from align_kit.ppo.losses import (
     aggregate,
@@ -51,7 +52,7 @@ class UpdateMixin:
 
     def _update(self, exp: Experience) -> dict:
         cfg, acc = self.cfg, self.acc
-        prompt_len, size = exp.query_ids.shape[1], cfg.mini_batch_size
+        size = cfg.mini_batch_size
         sums: dict[str, float] = {}
         count = 0
         # demonstrations for the PPO-ptx term: drawn from a generator seeded by the step and the process, so a
@@ -66,7 +67,7 @@ class UpdateMixin:
                 finite, update_kl = True, 0.0
                 for micro in range(cfg.gradient_accumulation_steps):
                     first = (update * cfg.gradient_accumulation_steps + micro) * size
-                    mb = exp.select(order[first:first + size].to(exp.query_ids.device))
+                    mb = exp.select(order[first:first + size].to(exp.query_ids.device)).trimmed()
                     last = micro == cfg.gradient_accumulation_steps - 1
                     if cfg.ptx_coef > 0:
                         with acc.no_sync(self.policy):  # its gradient is reduced with the PPO loss's below
@@ -78,7 +79,7 @@ class UpdateMixin:
                         if not last:  # all-reduce gradients once per optimiser step, not per minibatch
                             for model in self._trained():
                                 stack.enter_context(acc.no_sync(model))
-                        loss, parts = self._minibatch_loss(mb, prompt_len)
+                        loss, parts = self._minibatch_loss(mb)
                         finite &= bool(torch.isfinite(loss))
                         acc.backward(loss / cfg.gradient_accumulation_steps)
                     for key, value in parts.items():
@@ -118,10 +119,12 @@ class UpdateMixin:
     def _schedulers(self) -> list:
         return [s for s in (self.sched_policy, self.sched_critic) if s is not None]
 
-    def _minibatch_loss(self, mb: Experience, prompt_len: int) -> tuple[torch.Tensor, dict]:
+    def _minibatch_loss(self, mb: Experience) -> tuple[torch.Tensor, dict]:
         # loss_mask: the response tokens of the rows dynamic sampling kept (all of them when it is off)
-        cfg, mask = self.cfg, mb.loss_mask
-        logits = causal_logits(self.policy, mb.input_ids, mb.attention_mask)[:, prompt_len - 1 : -1]
+        cfg, mask, prompt_len = self.cfg, mb.loss_mask, mb.query_ids.shape[1]
+        # the policy's logits for the response tokens; each distinct prompt runs once (forward.py)
+        logits = response_logits(self.policy, mb.query_ids, mb.query_mask, mb.response_ids, mb.response_mask,
+                                 share_prompts=cfg.share_prompts)
         logits = logits / cfg.temperature
         logprobs = logprobs_of(logits, mb.response_ids)
         low = cfg.clip_range if cfg.clip_range_low is None else cfg.clip_range_low
