@@ -3,6 +3,8 @@ group size, steps and learning rate, arms interleaved in rounds, each in its own
 
     python benchmarks/bench_rl.py --sft runs/quickstart/sft [--steps 120] [--rounds 2] [--seed 42]
     python benchmarks/bench_rl.py --sft runs/quickstart/sft --seeds 42 1 2 --arms align_kit    # the seeds table
+    python benchmarks/bench_rl.py --sft runs/quickstart/sft --seeds 42 1 2 --arms align_kit align_kit_plain trl
+        # align_kit_plain: share_prompts off (each row computes its own copy of the prompt), for the speed-up's source
 
 Both arms: 4 prompts x 8 generations = 32 completions per optimiser step, 10 new tokens at temperature 1.0,
 learning rate 1e-4 (constant), no KL (TRL beta 0; align_kit kl_coef 0), one update per generation batch,
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -69,7 +72,8 @@ def arm_align_kit(args) -> dict:
                     mini_batch_size=args.prompts * args.gens, ppo_epochs=1, steps=args.steps,
                     learning_rate=args.lr, max_new_tokens=args.max_new, temperature=1.0, kl_coef=0.0, kl_in="loss",
                     loss_aggregation="token_mean", missing_eos_penalty=0.0, logging_steps=1,
-                    sample_steps=10**9, save_steps=10**9, save_total_limit=1, seed=args.seed)
+                    sample_steps=10**9, save_steps=10**9, save_total_limit=1, seed=args.seed,
+                    share_prompts=args.worker != "align_kit_plain")
     models = build_models(cfg, str(sft), None, pad_token_id=tok.pad_token_id)
     eval_prompts = quickstart_prompts("test", args.eval_prompts)
     before = evaluate(models.policy, tok, eval_prompts, stops)
@@ -143,14 +147,16 @@ def arm_trl(args) -> dict:
             "verifier_before": before, "verifier_after": after}
 
 
-ARMS = {"align_kit": arm_align_kit, "trl": arm_trl}
+# align_kit_plain: align_kit with share_prompts off (every row runs its own copy of the prompt), to show what the
+# shared prompt forward gives under the same load; not run unless asked for (--arms align_kit align_kit_plain trl)
+ARMS = {"align_kit": arm_align_kit, "align_kit_plain": arm_align_kit, "trl": arm_trl}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sft", required=True, help="the quickstart SFT stage's output (runs/quickstart/sft)")
     parser.add_argument("--worker", choices=list(ARMS), help=argparse.SUPPRESS)
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--arms", nargs="+", default=["align_kit", "trl"], choices=list(ARMS))
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--seeds", type=int, nargs="+", default=[42])
     parser.add_argument("--seed", type=int, default=42, help=argparse.SUPPRESS)
@@ -171,24 +177,36 @@ def main() -> None:
               "--max-new", str(args.max_new), "--lr", str(args.lr), "--eval-prompts", str(args.eval_prompts),
               "--threads", str(args.threads)]
     records = []
-    for seed in args.seeds:
-        for _, arm in interleaved(args.arms, args.rounds):
+    for i, seed in enumerate(args.seeds):
+        turn = i % len(args.arms)  # each seed starts with the next arm, so no arm always runs first
+        for rnd, arm in interleaved(args.arms[turn:] + args.arms[:turn], args.rounds):
             rec = run_worker(Path(__file__), ["--worker", arm, "--seed", str(seed), *shared], timeout=3600)
+            rec["round"] = rnd
             print(json.dumps(rec), flush=True)
             records.append(rec)
     print(f"\nGRPO, quickstart SFT model, {args.prompts} prompts x {args.gens} generations, {args.steps} steps, "
           f"lr {args.lr}, {args.max_new} new tokens, {args.threads} thread(s); seeds {args.seeds}, rounds {args.rounds}")
-    head = (f"{'arm':<10} {'episodes/s':>18} {'generate s':>10} {'score s':>8} {'update s':>9} {'peak RSS MiB':>12} "
+    loads = [r["loadavg_1m"] for r in records]
+    print(f"1-minute load average during the arms: {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} CPUs")
+    head = (f"{'arm':<15} {'episodes/s':>18} {'generate s':>10} {'score s':>8} {'update s':>9} {'peak RSS MiB':>12} "
             f"{'verifier before -> after':>26}")
     print(head + "\n" + "-" * len(head))
     for arm in args.arms:
         rs = [r for r in records if r["arm"] == arm]
         eps = [r["episodes_per_s"] for r in rs]
         after = [r["verifier_after"] for r in rs]
-        print(f"{arm:<10} {statistics.median(eps):>7.1f} [{min(eps):.1f}, {max(eps):.1f}]"
+        print(f"{arm:<15} {statistics.median(eps):>7.1f} [{min(eps):.1f}, {max(eps):.1f}]"
               f" {statistics.median(r['generate'] for r in rs):>10.1f} {statistics.median(r['score'] for r in rs):>8.2f}"
               f" {statistics.median(r['update'] for r in rs):>9.1f} {statistics.median(r['peak_rss_mib'] for r in rs):>12.0f}"
               f"   {rs[0]['verifier_before']:.3f} -> {statistics.median(after):.3f} [{min(after):.3f}, {max(after):.3f}]")
+
+    if "trl" in args.arms:  # each align_kit arm over TRL in the same seed and round (adjacent in time)
+        for arm in [a for a in args.arms if a != "trl"]:
+            pairs = [(r, t) for r in records for t in records if r["arm"] == arm and t["arm"] == "trl"
+                     and (r["seed"], r["round"]) == (t["seed"], t["round"])]
+            ratios = [r["episodes_per_s"] / t["episodes_per_s"] for r, t in pairs]
+            print(f"{arm} / trl episodes/s: median {statistics.median(ratios):.2f}x [{min(ratios):.2f}, "
+                  f"{max(ratios):.2f}] over {len(ratios)} pairs: " + ", ".join(f"{x:.2f}" for x in ratios))
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ class PPOConfig:
     temperature: float = 1.0  # sampling temperature; log-probs use the same temperature
     top_k: int = 0  # 0 = off; top-k/top-p make the sampler differ from pi, so keep them off for exact PPO
     top_p: float = 1.0  # nucleus sampling mass; 1.0 = off
+    share_prompts: bool = True  # run each distinct prompt once per batch in every forward (ppo/forward.py)
     stop_token_ids: list[int] = field(default_factory=list)  # extra stop ids besides the tokenizer's EOS
     missing_eos_penalty: float = 0.0  # subtracted from the score of a response that never stops
     missing_eos_score: float | None = None  # if set, the score of a response that never stops (e.g. -1)

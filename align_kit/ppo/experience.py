@@ -57,3 +57,21 @@ class Experience:
             value = getattr(self, f.name)
             picked[f.name] = None if value is None else value[index]
         return Experience(**picked)
+
+    def trimmed(self) -> Experience:
+        """The same rows without the prompt columns that are padding in every row (on the left) and the response
+        columns that are padding in every row (on the right): a minibatch's forward then spans its own longest
+        prompt and response, not the whole batch's. Positions come from the masks, so nothing else changes."""
+        start = int(self.query_mask.any(dim=0).long().argmax())  # the first column holding a real prompt token
+        real = self.response_mask.any(dim=0).nonzero()
+        end = int(real[-1]) + 1 if len(real) else 1
+        picked = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None and f.name in ("query_ids", "query_mask"):
+                value = value[:, start:]
+            elif value is not None and value.dim() == 2:  # the (B, T) per-token tensors
+                value = value[:, :end]
+            picked[f.name] = value
+        return Experience(**picked)
+

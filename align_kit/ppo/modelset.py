@@ -115,6 +115,18 @@ class PPOModels:
         with policy.disable_adapter():
             return causal_logits(policy, input_ids, attention_mask)
 
+    def reference_response_logits(self, policy: nn.Module, query_ids: torch.Tensor, query_mask: torch.Tensor,
+                                  response_ids: torch.Tensor, response_mask: torch.Tensor,
+                                  share_prompts: bool = True) -> torch.Tensor:
+        """``(B, T, V)`` reference logits predicting each response token (see ``forward.response_logits``)."""
+        from align_kit.ppo.forward import response_logits
+
+        args = (query_ids, query_mask, response_ids, response_mask)
+        if self.reference is not None:
+            return response_logits(self.reference, *args, share_prompts=share_prompts)
+        with policy.disable_adapter():
+            return response_logits(policy, *args, share_prompts=share_prompts)
+
     def reward_forward(self, critic: TokenScorer, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         """``(B, L)`` reward-head outputs; ``critic`` is the unwrapped critic (for lora mode)."""
         if self.reward is not None:

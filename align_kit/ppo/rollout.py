@@ -25,9 +25,10 @@ from align_kit.ppo.advantages import (
 )
 from align_kit.ppo.config import PPOConfig
 from align_kit.ppo.experience import Experience
+from align_kit.ppo.forward import response_logits, shared_prompt_cache
 from align_kit.ppo.kl import kl_per_token
 from align_kit.ppo.losses import logprobs_of
-from align_kit.ppo.modelset import PPOModels, causal_logits
+from align_kit.ppo.modelset import PPOModels
 
 
 def cut_at_stop(
@@ -66,13 +67,19 @@ def generate(policy: torch.nn.Module, query_ids: torch.Tensor, query_mask: torch
         max_new_tokens=cfg.max_new_tokens, eos_token_id=stop_ids, pad_token_id=pad_id,
         bos_token_id=None, min_new_tokens=0,
     )
-    out = policy.generate(input_ids=query_ids, attention_mask=query_mask, generation_config=gen_cfg)
+    prefill = {}
+    if cfg.share_prompts:  # each distinct prompt's keys and values computed once, not num_generations times
+        shared = shared_prompt_cache(policy, query_ids, query_mask, query_ids.shape[1] - 1,
+                                     query_ids.shape[1] + cfg.max_new_tokens)
+        if shared is not None:  # generate runs the last prompt column over the cache, then samples
+            prefill = {shared[2]: shared[0]}
+    out = policy.generate(input_ids=query_ids, attention_mask=query_mask, generation_config=gen_cfg, **prefill)
     return out[:, query_ids.shape[1]:]
 
 
-def _response_logprobs(logits: torch.Tensor, response_ids: torch.Tensor, prompt_len: int, temperature: float):
+def _response_logprobs(logits: torch.Tensor, response_ids: torch.Tensor, temperature: float) -> torch.Tensor:
     # Sampling drew from softmax(logits / temperature): the ratio must use that same distribution.
-    return logprobs_of(logits[:, prompt_len - 1 : -1] / temperature, response_ids)
+    return logprobs_of(logits / temperature, response_ids)
 
 
 @torch.no_grad()
@@ -107,15 +114,16 @@ def score_responses(models: PPOModels, policy: torch.nn.Module, critic: torch.nn
     for start in range(0, ids.shape[0], cfg.mini_batch_size):
         rows = slice(start, start + cfg.mini_batch_size)
         c_ids, c_mask, c_resp = ids[rows], mask[rows], response_ids[rows]
+        c_query = (query_ids[rows], query_mask[rows], c_resp, response_mask[rows])
         if cfg.needs_rollout_logprobs:
-            logits = causal_logits(policy, c_ids, c_mask)
-            parts["logprobs"].append(_response_logprobs(logits, c_resp, prompt_len, cfg.temperature))
+            logits = response_logits(policy, *c_query, share_prompts=cfg.share_prompts)
+            parts["logprobs"].append(_response_logprobs(logits, c_resp, cfg.temperature))
             del logits
         else:  # on-policy (see PPOConfig.needs_rollout_logprobs): the update supplies them; 0 as placeholders
             parts["logprobs"].append(torch.zeros(c_resp.shape, dtype=torch.float32, device=c_resp.device))
         if cfg.needs_reference:
-            ref_logits = models.reference_forward(policy, c_ids, c_mask)
-            parts["ref_logprobs"].append(_response_logprobs(ref_logits, c_resp, prompt_len, cfg.temperature))
+            ref_logits = models.reference_response_logits(policy, *c_query, share_prompts=cfg.share_prompts)
+            parts["ref_logprobs"].append(_response_logprobs(ref_logits, c_resp, cfg.temperature))
             del ref_logits
         else:  # no KL anywhere: the reference is never loaded, and its log-probs equal the policy's
             parts["ref_logprobs"].append(parts["logprobs"][-1].clone())

@@ -64,6 +64,11 @@ def test_recipe_passes_the_full_check(path, shared, tmp_path, monkeypatch):
     for value in (raw.model.name_or_path, getattr(raw.options, "reward_model", None)):
         if value and value.startswith("runs/"):
             _stage_folder(tmp_path / value)
+    if "{name: gsm8k," in path.read_text():  # no copy ships (data_cards/gsm8k.md): a stand-in where the card looks
+        (tmp_path / "data" / "gsm8k").mkdir(parents=True)
+        for split in ("train", "test"):
+            (tmp_path / "data" / "gsm8k" / f"{split}.jsonl").write_text(
+                '{"question": "Tom has 3 apples and buys 4. How many now?", "answer": "3 + 4 = 7\\n#### 7"}\n')
     assert main(["train", str(path), f"output_dir={tmp_path / 'out'}", "--check"]) == 0
 
 

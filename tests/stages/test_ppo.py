@@ -216,8 +216,8 @@ def demonstrations(tokenizer) -> list[Tokenized]:
 
 
 def demo_nll(policy, demos, pad_id) -> float:
-    from align_kit.ppo.loop import right_pad_demos
     from align_kit.ppo.losses import ptx_loss
+    from align_kit.ppo.update import right_pad_demos
 
     ids, mask, labels = right_pad_demos(demos, pad_id)
     with torch.no_grad():
@@ -257,7 +257,7 @@ def test_demonstrations_label_exactly_the_answer_tokens():
     from align_kit.data.tokenize import tokenize_conversation
     from align_kit.errors import DataError
     from align_kit.families import get_template, stop_token_ids
-    from align_kit.ppo.loop import right_pad_demos
+    from align_kit.ppo.update import right_pad_demos
     from align_kit.quickstart.model import build_tokenizer
     from align_kit.stages.ppo import encode_demonstrations
 

@@ -84,3 +84,32 @@ def test_flan_cot_card_reads_as_prompt_rows(shared, monkeypatch):
     rows = load_data(DataArgs(train=[DataSource(name="flan_cot", split="creak")], eval_fraction=0), "prompt").train
     assert len(rows) == 6915 and {r["reference"]["answer"] for r in rows} == {"yes", "no"}
     assert all(r["prompt"][-1]["role"] == "user" and "\\n" not in r["prompt"][-1]["content"] for r in rows)
+
+
+def test_gsm8k_card_reads_a_local_copy_as_prompt_rows(tmp_path, monkeypatch):
+    """The gsm8k card over a local copy in GSM8K's own layout (ALIGN_KIT_GSM8K): the answer after '####' is the
+    reference the last_number verifier checks; the test split is evaluation-only; a row without '####' names its
+    file, row and field."""
+    import json
+
+    from align_kit.config import DataArgs, DataSource
+    from align_kit.data.sources import load_data
+    from align_kit.errors import ConfigError
+
+    rows = [{"question": "Natalia sold clips to 48 of her friends in April, and then she sold half as many in May. "
+                         "How many clips did she sell altogether?",
+             "answer": "She sold 48/2 = <<48/2=24>>24 in May.\nAltogether 48+24 = <<48+24=72>>72 clips.\n#### 72"},
+            {"question": "A shop sells 1,200 pens a day. How many in 2 days?", "answer": "1,200*2 = 2,400\n#### 2,400"}]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setenv("ALIGN_KIT_GSM8K", str(tmp_path))
+    loaded = load_data(DataArgs(train=[DataSource(name="gsm8k", split="train")], eval_fraction=0), "prompt").train
+    assert [r["reference"]["answer"] for r in loaded] == ["72", "2,400"]
+    assert loaded[0]["prompt"] == [{"role": "user", "content": rows[0]["question"]}]
+    assert VERIFIERS["last_number"]("so she sold 72 clips in all", loaded[0]["reference"]["answer"])
+    assert VERIFIERS["last_number"]("2400 pens\n#### 2400", loaded[1]["reference"]["answer"])
+    assert not VERIFIERS["last_number"]("#### 48, then 72 more", loaded[0]["reference"]["answer"])  # '####' wins
+    with pytest.raises(ConfigError, match="split 'test' is evaluation-only"):
+        load_data(DataArgs(train=[DataSource(name="gsm8k", split="test")], eval_fraction=0), "prompt")
+    (tmp_path / "train.jsonl").write_text(json.dumps({"question": "q", "answer": "7"}) + "\n")
+    with pytest.raises(DataError, match=r"train.jsonl: row 1: field 'answer': expected a solution ending '#### "):
+        load_data(DataArgs(train=[DataSource(name="gsm8k", split="train")], eval_fraction=0), "prompt")
