@@ -50,7 +50,7 @@ def row_seeds(seed: int, step: int, process: int, rows: int) -> list[int]:
     run draws the same samples, and the rows of one group differ.
 
     >>> row_seeds(0, 1, 0, 3)
-    [65536, 65537, 65538]
+    [4194304, 4194305, 4194306]
     """
     base = ((seed * 1_000_003 + step) * 64 + process) * 65_536
     return [(base + row) % (1 << 62) for row in range(rows)]
