@@ -16,16 +16,13 @@ Every answer carries ``ok``; a failure returns ``{"ok": False, "error": tracebac
 serving. It exits when the trainer closes the socket (or dies), so a killed run leaves no engine behind.
 """
 
+import json
+import os
+import socket
 import sys
-
-sys.path.pop(0)  # this file's folder (align_kit/engines) must not shadow installed packages
-
-import json  # noqa: E402
-import os  # noqa: E402
-import socket  # noqa: E402
-import time  # noqa: E402
-import traceback  # noqa: E402
-from multiprocessing.connection import Connection  # noqa: E402
+import time
+import traceback
+from multiprocessing.connection import Connection
 
 
 def _die_with_parent() -> None:
@@ -135,5 +132,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # vLLM may spawn processes: the import guard keeps them from rerunning main()
+    sys.path.pop(0)  # this file's folder (align_kit/engines) must not shadow installed packages (vllm imports later)
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine core in this process: one process
     main()
