@@ -179,3 +179,14 @@ def test_rollout_settings_are_checked_at_recipe_load(tmp_path, monkeypatch):
     monkeypatch.setenv("ALIGN_KIT_VLLM_PYTHON", str(tmp_path / "none" / "python"))
     with pytest.raises(ConfigError, match=r"no python at .*none/python.*\.venv-vllm/bin/pip install torch==2\.13\.0"):
         load({"engine": "vllm"})
+
+
+def test_a_refused_request_names_vllms_reason_and_the_engine_keeps_serving(engine, prompts):
+    """A prompt longer than the engine's max_model_len (128) is refused by vLLM: the trainer gets an EngineError
+    carrying the server's traceback (vLLM's own words), and the next request is answered as usual."""
+    from align_kit.engines.vllm_engine import EngineError
+
+    with pytest.raises(EngineError, match=r"(?s)vLLM engine failed during generate.*maximum model length"):
+        engine.generate([[2] + [40] * 200], [0], max_new_tokens=4, temperature=0.0, stop_ids=[STOP])
+    tokens, _ = engine.generate(prompts[:2], [0, 0], max_new_tokens=4, temperature=0.0, stop_ids=[STOP])
+    assert len(tokens) == 2 and all(1 <= len(t) <= 4 for t in tokens)
