@@ -180,7 +180,9 @@ class VLLMEngine:
             raise EngineError(f"vLLM engine closed the connection during {what} ({exc}); its log "
                               f"({self.log_path}) ends:\n{self._log_tail()}") from None
         if not answer.get("ok"):
-            raise EngineError(f"vLLM engine failed during {what}:\n{answer.get('error')}")
+            error = str(answer.get("error")).strip()
+            raise EngineError(f"vLLM engine failed during {what}: {error.splitlines()[-1]}\n"
+                              f"(the server's traceback:)\n{error}")
         return answer
 
     def _call(self, request: dict) -> dict:

@@ -185,10 +185,10 @@ def test_rollout_settings_are_checked_at_recipe_load(tokenizer, tmp_path, monkey
 
 def test_a_refused_request_names_vllms_reason_and_the_engine_keeps_serving(engine, prompts):
     """A prompt longer than the engine's max_model_len (128) is refused by vLLM: the trainer gets an EngineError
-    carrying the server's traceback (vLLM's own words), and the next request is answered as usual."""
+    leading with vLLM's own words, then the server's traceback, and the next request is answered as usual."""
     from align_kit.engines.vllm_engine import EngineError
 
-    with pytest.raises(EngineError, match=r"(?s)vLLM engine failed during generate.*maximum model length"):
+    with pytest.raises(EngineError, match=r"vLLM engine failed during generate: .*maximum context length is 128 tokens"):
         engine.generate([[2] + [40] * 200], [0], max_new_tokens=4, temperature=0.0, stop_ids=[STOP])
     tokens, _ = engine.generate(prompts[:2], [0, 0], max_new_tokens=4, temperature=0.0, stop_ids=[STOP])
     assert len(tokens) == 2 and all(1 <= len(t) <= 4 for t in tokens)
