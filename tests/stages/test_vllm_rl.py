@@ -81,3 +81,25 @@ def test_grpo_with_vllm_lifts_the_quickstart_verifier(quickstart, tmp_path):
     print(f"vllm GRPO: verifier {before:.3f} -> {after:.3f}; sync median "
           f"{sorted(r['time_sync'] for r in rows[1:])[59]:.3f} s; generate median "
           f"{sorted(r['time_generate'] for r in rows)[60]:.3f} s")
+
+
+def test_two_processes_each_own_an_engine(tmp_path):
+    """``accelerate launch --num_processes 2`` (CPU, gloo) with engine vllm: each process starts its own engine
+    (its log beside the run: engine-0.log, engine-1.log), syncs it after every update, and the run ends."""
+    from helpers import launch_two_processes
+
+    from align_kit.quickstart.model import build_model, build_tokenizer
+
+    tok = build_tokenizer()
+    build_model(tok).save_pretrained(tmp_path / "sft")  # the quickstart's shape: 4 heads of 32
+    tok.save_pretrained(tmp_path / "sft")
+    out = tmp_path / "run"
+    launch_two_processes("-m", "align_kit", "train", str(HERE.parents[1] / "recipes" / "tiny" / "grpo.yaml"),
+                         f"model.name_or_path={tmp_path / 'sft'}", f"output_dir={out}",
+                         "trainer.rollout={engine: vllm, kv_cache_gib: 0.0625}", "trainer.steps=4",
+                         "trainer.save_steps=4", "trainer.logging_steps=1", "ppo.eval_prompts=4", timeout=420)
+    rows = logs(out)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and all(r["time_sync"] > 0 for r in rows[1:])
+    assert all(r["engine_logprob_diff"] < 1e-3 for r in rows)
+    assert (out / "engine-0.log").stat().st_size > 0 and (out / "engine-1.log").stat().st_size > 0
+    assert (out / "model" / "model.safetensors").exists()
