@@ -89,10 +89,25 @@ def full_state_dict(model: torch.nn.Module, dtype: torch.dtype | None = None) ->
 
 
 def _scratch_dir() -> Path:
-    """Where weight files go: shared memory (RAM, no disk write) where the system has it."""
+    """Where weight files go: shared memory (RAM, no disk write) where the system has it. The folder's name carries
+    the trainer's pid; folders left by trainers that were killed (no close ran) are removed here."""
     shm = Path("/dev/shm")
-    base = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
-    return Path(tempfile.mkdtemp(prefix="align_kit_vllm_", dir=base))
+    base = Path(shm if shm.is_dir() and os.access(shm, os.W_OK) else tempfile.gettempdir())
+    for old in base.glob("align_kit_vllm_*_*"):
+        pid = old.name.split("_")[3]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"align_kit_vllm_{os.getpid()}_", dir=base))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 class VLLMEngine:
