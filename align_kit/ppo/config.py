@@ -21,6 +21,37 @@ from align_kit.ppo.kl import KL_ESTIMATORS
 ESTIMATORS = {"gae": True, "grpo": False, "rloo": False, "reinforce_pp": False, "reinforce_pp_baseline": False}
 GROUP_ESTIMATORS = ("grpo", "rloo", "reinforce_pp_baseline")  # baselines taken within a prompt's group
 LOSS_AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "constant")
+ENGINES = ("hf", "vllm")
+
+
+@dataclass
+class RolloutConfig:
+    """What samples the responses (``trainer.rollout`` in a recipe; align_kit/engines, docs/rl.md)."""
+
+    engine: str = "hf"  # "hf": transformers' generate on the policy; "vllm": a vLLM server in its own environment
+    python: str | None = None  # the vLLM environment's python; None: $ALIGN_KIT_VLLM_PYTHON or <repo>/.venv-vllm
+    kv_cache_gib: float = 1.0  # memory the vLLM engine reserves for its KV cache (GiB)
+    max_model_len: int | None = None  # longest prompt + response the engine holds; None: longest prompt + max_new_tokens
+    tis_cap: float | None = None  # truncated importance sampling: each token's advantage x min(pi / pi_engine, cap)
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ConfigError(f"trainer.rollout.engine: expected one of {', '.join(ENGINES)}, found {self.engine!r}")
+        if isinstance(self.kv_cache_gib, bool) or not isinstance(self.kv_cache_gib, (int, float)) \
+                or self.kv_cache_gib <= 0:
+            raise ConfigError(f"trainer.rollout.kv_cache_gib: expected a positive number, found {self.kv_cache_gib!r}")
+        if self.max_model_len is not None and (not isinstance(self.max_model_len, int) or self.max_model_len < 2):
+            raise ConfigError(f"trainer.rollout.max_model_len: expected an integer >= 2, found {self.max_model_len!r}")
+        if self.tis_cap is not None and (isinstance(self.tis_cap, bool) or not isinstance(self.tis_cap, (int, float))
+                                         or self.tis_cap < 1):
+            raise ConfigError(f"trainer.rollout.tis_cap: expected a number >= 1 (or null: off), found {self.tis_cap!r}")
+        if self.tis_cap is not None and self.engine != "vllm":
+            raise ConfigError(f"trainer.rollout.tis_cap: {self.tis_cap} corrects for a separate engine's sampling, "
+                              "and engine hf samples from the policy itself; set rollout.engine: vllm or drop tis_cap")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> RolloutConfig:
+        return _from_dict(cls, values, "rollout.")
 
 
 @dataclass
@@ -92,12 +123,18 @@ class PPOConfig:
     save_total_limit: int | None = 2  # keep this many newest checkpoints; None keeps all
     resume: bool = True  # continue from the newest complete checkpoint in the output dir
     seed: int = 0  # seeds sampling, prompt order and minibatch order
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)  # engine that samples (hf | vllm), TIS cap
 
     def __post_init__(self) -> None:
         """Every field in its range (the one table, align_kit.ranges), then what fields must satisfy together.
         Keys are named as a recipe writes them (``trainer.<field>``)."""
         from align_kit.ranges import check_fields
 
+        if isinstance(self.rollout, dict):  # from a recipe's trainer.rollout block
+            self.rollout = RolloutConfig.from_dict(self.rollout)
+        if self.rollout.engine == "vllm" and self.quantize_frozen and self.memory_mode == "lora":
+            raise ConfigError("trainer.rollout.engine: vllm syncs full weights with the LoRA adapter merged in, and a "
+                              "4-bit base (quantization block) cannot be merged exactly; drop quantization or use hf")
         choices = {
             "memory_mode": ("separate", "lora"), "critic_init": ("reward", "policy"),
             "lr_scheduler": ("constant", "linear"), "score_norm": ("none", "batch"),
@@ -149,8 +186,11 @@ class PPOConfig:
     def needs_rollout_logprobs(self) -> bool:
         """Whether the rollout runs the policy over its samples. A critic-free run with no KL and one optimiser
         step per rollout (one epoch, one update) is on-policy: the update's own log-probs, detached, are the old
-        ones (ratio 1, the gradient of plain policy gradient), so that forward is skipped, as TRL's GRPO does."""
-        return self.uses_critic or self.needs_reference or self.ppo_epochs > 1 or self.updates_per_epoch > 1
+        ones (ratio 1, the gradient of plain policy gradient), so that forward is skipped, as TRL's GRPO does.
+        Not with a vLLM engine: its samples are scored by the policy at rollout (the loss's old log-probs, the
+        logged engine gap, the TIS weights)."""
+        return (self.uses_critic or self.needs_reference or self.ppo_epochs > 1 or self.updates_per_epoch > 1
+                or self.rollout.engine != "hf")  # another engine sampled: the policy's own log-probs are the old ones
 
     @property
     def rows_per_process(self) -> int:
@@ -168,12 +208,20 @@ class PPOConfig:
     @classmethod
     def from_dict(cls, values: dict) -> PPOConfig:
         """Build from a recipe section; an unknown key is an error that names the closest field."""
-        import difflib
+        return _from_dict(cls, values, "")
 
-        known = {f.name for f in fields(cls)}
-        for key in values:
-            if key not in known:
-                near = difflib.get_close_matches(key, known, n=1)
-                hint = f"; did you mean {near[0]!r}?" if near else ""
-                raise ConfigError(f"trainer.{key}: not a PPOConfig setting{hint}")
-        return cls(**values)
+
+
+def _from_dict(cls, values: dict, prefix: str):
+    """``cls(**values)``; an unknown key is an error naming the closest field (keys shown as ``trainer.<prefix>key``)."""
+    import difflib
+
+    if not isinstance(values, dict):
+        raise ConfigError(f"trainer.{prefix.rstrip('.')}: expected a mapping, found {values!r}")
+    known = {f.name for f in fields(cls)}
+    for key in values:
+        if key not in known:
+            near = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            raise ConfigError(f"trainer.{prefix}{key}: not a {cls.__name__} setting{hint}")
+    return cls(**values)

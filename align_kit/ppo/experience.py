@@ -29,6 +29,7 @@ class Experience:
     advantages: torch.Tensor | None = None  # (B, T) float, GAE advantages (whitened when configured)
     returns: torch.Tensor | None = None  # (B, T) float, advantages + values before whitening: critic target
     keep: torch.Tensor | None = None  # (B,) bool, rows in the loss (dynamic sampling drops all-equal groups)
+    engine_logprobs: torch.Tensor | None = None  # (B, T) float, a separate engine's log-probs of its samples (0 on pad)
 
     @property
     def loss_mask(self) -> torch.Tensor:

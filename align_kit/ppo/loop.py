@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from align_kit.data.tokenize import Tokenized
+from align_kit.engines import logprob_gap, make_rollout
 from align_kit.errors import AlignKitError
 from align_kit.ppo import checkpoint
 from align_kit.ppo.advantages import all_equal_groups, masked_mean
@@ -35,7 +36,7 @@ from align_kit.ppo.kl import AdaptiveKLController, FixedKLController, kl_per_tok
 from align_kit.ppo.losses import explained_variance
 from align_kit.ppo.modelset import PPOModels, load_trainable_state, trainable_state
 from align_kit.ppo.rewards import Rewarder, RewardFunctionError
-from align_kit.ppo.rollout import add_advantages, generate, score_responses
+from align_kit.ppo.rollout import add_advantages, score_responses
 from align_kit.ppo.update import UpdateMixin
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,10 @@ class PPOTrainer(UpdateMixin):
         self.step_done = 0
         self._order: tuple[int, list[int]] = (-1, [])  # (epoch, prompt permutation) cache
         self.last_checkpoint: Path | None = None
+        # the sampler (align_kit/engines): a vLLM server starts on the first rollout, after any resume below
+        self.engine = make_rollout(cfg, cfg.rollout.max_model_len or max(map(len, prompts)) + cfg.max_new_tokens,
+                                   self.output_dir / f"engine-{self.acc.process_index}.log",
+                                   self.acc.local_process_index)
         if cfg.resume:
             self._resume()
 
@@ -205,8 +210,9 @@ class PPOTrainer(UpdateMixin):
         self.models.eval()
         query_ids, query_mask = query_ids.to(acc.device), query_mask.to(acc.device)
         clock = time.perf_counter()
-        response_ids = generate(policy_u, query_ids, query_mask, cfg, self.stop_ids, self.pad_id)
-        timings = {"time_generate": time.perf_counter() - clock}
+        response_ids, engine_logprobs, engine_times = self.engine.generate(
+            policy_u, query_ids, query_mask, cfg, self.stop_ids, self.pad_id, self.step_done, acc.process_index)
+        timings = {"time_generate": time.perf_counter() - clock - sum(engine_times.values()), **engine_times}
         clock = time.perf_counter()
         sources: dict[str, torch.Tensor] = {}
         failure: list[str] = []
@@ -224,6 +230,10 @@ class PPOTrainer(UpdateMixin):
                 return total
         exp = score_responses(self.models, policy_u, critic_u, query_ids, query_mask, response_ids, cfg,
                               self.stop_ids, self.pad_id, reward_fn=reward_fn)
+        if engine_logprobs is not None:  # the engine's log-probs of its samples beside the policy's recomputed ones
+            exp.engine_logprobs = engine_logprobs * exp.response_mask
+            gap = logprob_gap(exp.logprobs, exp.engine_logprobs, exp.response_mask)
+            timings["engine_logprob_diff"] = acc.reduce(torch.tensor(gap, device=acc.device), reduction="mean").item()
         if self.rewarder is not None:
             failed = acc.reduce(torch.tensor(float(bool(failure)), device=acc.device), reduction="sum").item()
             if failed:
@@ -367,12 +377,15 @@ class PPOTrainer(UpdateMixin):
     def train(self) -> Path:
         """Run until ``cfg.steps``, checkpointing every ``save_steps``; returns the final policy directory."""
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        while self.step_done < self.cfg.steps:
-            metrics = self.step()
-            if self.step_done % self.cfg.logging_steps == 0 or self.step_done == self.cfg.steps:
-                self._log_metrics(metrics)
-            if self.step_done % self.cfg.save_steps == 0 or self.step_done == self.cfg.steps:
-                self.save_checkpoint()
+        try:
+            while self.step_done < self.cfg.steps:
+                metrics = self.step()
+                if self.step_done % self.cfg.logging_steps == 0 or self.step_done == self.cfg.steps:
+                    self._log_metrics(metrics)
+                if self.step_done % self.cfg.save_steps == 0 or self.step_done == self.cfg.steps:
+                    self.save_checkpoint()
+        finally:
+            self.engine.close()
         return self.save_policy()
 
     def save_policy(self) -> Path:

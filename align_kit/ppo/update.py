@@ -13,6 +13,7 @@ import contextlib
 import torch
 
 from align_kit.data.tokenize import Tokenized
+from align_kit.engines import tis_weights
 from align_kit.ppo.experience import Experience
 from align_kit.ppo.forward import response_logits
 from align_kit.ppo.kl import kl_per_token
@@ -131,7 +132,10 @@ class UpdateMixin:
         high = cfg.clip_range if cfg.clip_range_high is None else cfg.clip_range_high
         # on-policy runs skip the rollout forward: the policy has not moved since sampling, so these are the old ones
         old = mb.logprobs if cfg.needs_rollout_logprobs else logprobs.detach()
-        pg = policy_loss(logprobs, old, mb.advantages, mask, low, cfg.approx_kl_estimator,
+        advantages = mb.advantages
+        if cfg.rollout.tis_cap is not None and mb.engine_logprobs is not None:  # the engine sampled, not the policy
+            advantages = advantages * tis_weights(mb.logprobs, mb.engine_logprobs, cfg.rollout.tis_cap)
+        pg = policy_loss(logprobs, old, advantages, mask, low, cfg.approx_kl_estimator,
                          clip_range_high=high, aggregation=cfg.loss_aggregation, max_tokens=cfg.max_new_tokens)
         entropy = entropy_from_logits(logits, mask)
         loss = pg.loss - cfg.entropy_coef * entropy

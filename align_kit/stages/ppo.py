@@ -96,6 +96,10 @@ def _check(recipe) -> None:
     if opts.prompts_from == "prompts" and cfg.ptx_coef > 0:
         raise ConfigError(f"trainer.ptx_coef: PPO-ptx trains on demonstrations and prompt rows (ppo.prompts_from: "
                           f"prompts) have none; expected 0, found {cfg.ptx_coef} (or read conversations or preferences)")
+    if cfg.rollout.engine == "vllm":  # its own environment must exist before any model loads
+        from align_kit.engines.vllm_engine import vllm_python
+
+        vllm_python(cfg.rollout.python)
     if recipe.peft is not None and cfg.memory_mode != "lora":
         raise ConfigError(f"trainer.memory_mode: a peft: block in a ppo recipe means LoRA mode; expected lora, found "
                           f"{cfg.memory_mode!r}")

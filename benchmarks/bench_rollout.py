@@ -1,0 +1,99 @@
+"""RL episodes/s with the hf and the vLLM rollout engine, in one run, on a configuration shaped like real RL:
+128-token responses from a Llama whose head size (64) vLLM's CPU attention runs.
+
+    python benchmarks/bench_rollout.py [--steps 3] [--max-new-tokens 128] [--engines hf vllm]
+
+Model: 2 layers, hidden 256, 4 heads of 64, vocabulary 4096, random (seeded): with 4096 tokens the EOS is rare,
+so nearly every response runs the full 128 tokens, the length the comparison is about. GRPO, 8 prompts x 4
+generations = 32 episodes per step, one update per step, a regex verifier as the reward. Each engine runs one
+warm-up step first (it holds the vLLM engine's start, reported separately), then ``--steps`` timed steps.
+Reported per engine: episodes/s over the timed steps, the generation share of a step, the median weight-sync
+seconds (vLLM), the mean response length and the engine/policy log-prob gap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def build_policy(folder: Path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from align_kit.quickstart.model import build_tokenizer
+
+    tok = build_tokenizer()
+    cfg = LlamaConfig(vocab_size=4096, hidden_size=256, intermediate_size=768, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                      tie_word_embeddings=True)
+    import torch
+
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return tok
+
+
+def run_engine(engine: str, folder: Path, tok, args) -> dict:
+    from align_kit.ppo.config import PPOConfig
+    from align_kit.ppo.loop import PPOTrainer
+    from align_kit.ppo.modelset import build_models
+    from align_kit.ppo.rewards import Rewarder, RewardSource, resolve_sources
+
+    cfg = PPOConfig(advantage_estimator="grpo", num_generations=4, batch_size=8, mini_batch_size=32, ppo_epochs=1,
+                    steps=args.steps + 1, max_new_tokens=args.max_new_tokens, kl_coef=0.0, learning_rate=1e-5,
+                    save_steps=10_000, sample_steps=10_000, resume=False, seed=0,
+                    rollout={"engine": engine, "kv_cache_gib": 0.25})
+    texts = [f"Question {i}: spell the word number {i} backwards." for i in range(64)]
+    prompts = [[tok.bos_token_id] + tok(t, add_special_tokens=False).input_ids for t in texts]
+    rewarder = Rewarder(resolve_sources([RewardSource(verifier="regex", pattern=".*a.*")]))
+    out = Path(tempfile.mkdtemp(prefix=f"bench_rollout_{engine}_"))
+    trainer = PPOTrainer(cfg, build_models(cfg, str(folder), None), tok, prompts, out, rewarder=rewarder,
+                         prompt_rows=[(t, {}) for t in texts])
+    rows = []
+    try:
+        for _ in range(cfg.steps):
+            clock = time.perf_counter()
+            metrics = trainer.step()
+            metrics["wall"] = time.perf_counter() - clock
+            rows.append(metrics)
+    finally:
+        trainer.engine.close()
+    warm, timed = rows[0], rows[1:]
+    wall = sum(r["wall"] for r in timed)
+    result = {"engine": engine, "episodes_per_s": round(cfg.rows_per_process * len(timed) / wall, 2),
+              "step_s": round(wall / len(timed), 2),
+              "generation_share": round(sum(r["time_generate"] for r in timed) / wall, 3),
+              "response_length": round(statistics.mean(r["response_length"] for r in timed), 1)}
+    if engine == "vllm":
+        result.update(engine_start_s=round(warm["time_engine_start"], 1),
+                      sync_s=round(statistics.median(r["time_sync"] for r in timed), 3),
+                      sync_share=round(sum(r["time_sync"] for r in timed) / wall, 3),
+                      logprob_gap=float(f"{max(r['engine_logprob_diff'] for r in timed):.2e}"))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--engines", nargs="+", default=["hf", "vllm"])
+    args = parser.parse_args()
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    folder = Path(tempfile.mkdtemp(prefix="bench_rollout_model_"))
+    tok = build_policy(folder)
+    results = [run_engine(engine, folder, tok, args) for engine in args.engines]
+    for r in results:
+        print(json.dumps(r))
+    if len(results) == 2:
+        print(f"vllm / hf episodes/s: {results[1]['episodes_per_s'] / results[0]['episodes_per_s']:.1f}x")
+
+
+if __name__ == "__main__":  # the vLLM engine's server spawns processes
+    main()
