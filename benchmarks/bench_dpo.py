@@ -14,6 +14,11 @@ loop (``train_runtime``) and the process's peak RSS.
   ``dpo.logprob_token_tile=0``). Each record also holds the peak RSS before and after training.
 - ``trl``: ``DPOTrainer`` / ``RewardTrainer`` with their config's defaults; only ``use_cpu=True`` on CPU
   (the config refuses to build without it), which leaves ``bf16=True`` and ``gradient_checkpointing=True``.
+- ``trl_tuned``: the same trainer as a competent user would set it on a CPU without native bf16:
+  ``use_cpu=True, bf16=False, gradient_checkpointing=False`` (TRL 1.16's DPO ``padding_free`` falls back
+  to padding with a warning, and RewardConfig has no packing, so there is nothing more to turn on).
+Every arm counts the tokens its batches are scored on (DPO: completion tokens of chosen and rejected;
+reward: every real token) and prints them (``trained_tokens``), with the positions computed incl. padding.
 
     python benchmarks/bench_dpo.py              # DPO pairs/s
     python benchmarks/bench_reward.py           # reward-model pairs/s
@@ -24,13 +29,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-ARMS = ("align_kit", "trl")
+ARMS = ("align_kit", "trl", "trl_tuned")
 LR = {"dpo": 1e-6, "reward": 1e-4}  # DPOConfig's and RewardConfig's default learning rates
 
 
@@ -81,7 +87,7 @@ def arm_align_kit(stage: str, work: Path, pairs: int, overrides: list[str]) -> d
             "gradient_checkpointing": args.gradient_checkpointing, "overrides": overrides, **phases}
 
 
-def arm_trl(stage: str, work: Path, rows: list[dict]) -> dict:
+def arm_trl(stage: str, work: Path, rows: list[dict], tuned: bool = False) -> dict:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
@@ -99,8 +105,10 @@ def arm_trl(stage: str, work: Path, rows: list[dict]) -> dict:
 
         model = AutoModelForSequenceClassification.from_pretrained(work / "model", num_labels=1, dtype=torch.float32)
         model.config.pad_token_id = tok.pad_token_id
+    # tuned: what a competent user sets on a CPU without native bf16 (fp32, no recomputation)
+    tuned_settings = {"bf16": False, "gradient_checkpointing": False} if tuned else {}
     args = Config(output_dir=str(work / f"out-{stage}-trl"), use_cpu=True, learning_rate=LR[stage],
-                  num_train_epochs=1, save_strategy="no")
+                  num_train_epochs=1, save_strategy="no", report_to="none", **tuned_settings)
     trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok)
     train, phases = phase_rss(trainer.train)
     result = train()
@@ -111,10 +119,12 @@ def arm_trl(stage: str, work: Path, rows: list[dict]) -> dict:
 def worker(ns) -> None:
     work = Path(ns.work)
     rows = json.loads((work / f"pairs-{ns.pairs}.json").read_text())
+    counts = common.count_trained_tokens()
     if ns.worker == "align_kit":
         rec = arm_align_kit(ns.stage, work, ns.pairs, ns.set)
     else:
-        rec = arm_trl(ns.stage, work, rows)
+        rec = arm_trl(ns.stage, work, rows, tuned=ns.worker == "trl_tuned")
+    rec.update(trained_tokens=counts["trained_tokens"], positions=counts["positions"])
     rec.update(bench=ns.stage, family="llama", arm=ns.label or ns.worker, pairs=len(rows), pairs_per_s=len(rows) / rec["train_s"])
     common.emit(rec)
 
@@ -152,17 +162,25 @@ def main(argv=None, stage: str = "dpo") -> list[dict]:
     ns = p.parse_args(argv)
     if ns.worker:
         return worker(ns)
+    print(json.dumps({"machine": common.machine()}), flush=True)
     work = prepare(ns.pairs)
     arms = parse_arms(ns.arms)
     records = []
-    for _, arm in common.interleaved(list(arms), ns.repeats):
+    for rnd, arm in common.interleaved(list(arms), ns.repeats):
         worker_arm, overrides = arms[arm]
         rec = common.run_worker(Path(__file__).with_name("bench_dpo.py"),
                                 ["--worker", worker_arm, "--label", arm, "--stage", ns.stage, "--work", str(work),
                                  "--pairs", str(ns.pairs), *[f"--set={o}" for o in overrides]])
+        rec["round"] = rnd
         print(json.dumps(rec), flush=True)
         records.append(rec)
     common.print_table(common.summarise(records, "pairs_per_s"), "pairs/s", baseline_arm="trl")
+    common.print_round_ratios(records, "pairs_per_s", [(a, b) for a in arms for b in ("trl", "trl_tuned")
+                                                       if b in arms and not a.startswith("trl")])
+    for arm in arms:
+        counted = sorted({(r.get("trained_tokens"), r.get("positions")) for r in records if r["arm"] == arm})
+        print(f"{arm}: (trained tokens, positions computed incl. padding) {counted}", flush=True)
+    print(json.dumps({"loadavg_end": [round(x, 2) for x in os.getloadavg()]}), flush=True)
     return records
 
 

@@ -10,10 +10,16 @@ Arms:
 - ``trl``: ``trl.SFTTrainer`` on the same tokenised rows with SFTConfig defaults; only ``use_cpu=True`` is
   set on CPU (SFTConfig refuses to build without it on a machine with no bf16 GPU). Its defaults keep
   ``bf16=True`` (autocast on CPU) and ``gradient_checkpointing=True``.
+- ``trl_tuned``: ``trl.SFTTrainer`` as a competent user would set it on a CPU without native bf16:
+  ``use_cpu=True, bf16=False, gradient_checkpointing=False, packing=True, packing_strategy="bfd",
+  padding_free=True`` (TRL's own best-fit packing, flattened per batch with per-sample position ids).
+  Both TRL arms get align_kit's trained-token mask as TRL's ``assistant_masks`` column, which TRL always
+  applies (its ``completion_mask`` column applies only to prompt/completion datasets), so every arm trains
+  on the same tokens; each arm counts the targets its batches carry and prints them (``trained_tokens``).
 - ``hand``: AdamW over align_kit's packed batches, ``loss.backward(); step()`` and nothing else: the ceiling.
-- ``align_kit_plain_ce`` (only with ``--arms``): the ``align_kit`` arm with SFTTrainer's loss replaced by
-  transformers' own ``Trainer.compute_loss`` (the model's cross-entropy over full logits, no per-step
-  entropy/accuracy). It measures what TRL's chunked LM head costs on CPU, where it has no Triton kernel.
+- ``align_kit_plain_ce`` (only with ``--arms``): the ``align_kit`` arm with the model's own loss (LM head and
+  cross-entropy over every position, prompt and padding included: align_kit's CPU loss before it kept only
+  the trained positions). It measures what computing logits nobody trains on costs.
 
     python benchmarks/bench_sft.py                       # CPU: llama, qwen2, mistral; 3 rounds
     python benchmarks/bench_sft.py --device cuda         # GPU track: 1B full fine-tune, 8B LoRA / QLoRA
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -30,7 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-ARMS = ("align_kit", "trl", "hand", "align_kit_plain_ce")
+ARMS = ("align_kit", "trl", "trl_tuned", "hand", "align_kit_plain_ce")
 LR = 2e-5  # TRL's default learning rate, used by every arm
 
 
@@ -80,7 +87,7 @@ def arm_align_kit(work: Path, rows: int, extra: dict) -> dict:
     return {"train_s": next(h["train_runtime"] for h in history if "train_runtime" in h)}
 
 
-def arm_trl(work: Path, samples: list[dict], device: str) -> dict:
+def arm_trl(work: Path, samples: list[dict], device: str, tuned: bool = False) -> dict:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -92,14 +99,19 @@ def arm_trl(work: Path, samples: list[dict], device: str) -> dict:
     model = (AutoModelForCausalLM.from_pretrained(work / "model", dtype=torch.float32) if device == "cpu"
              else str(work / "model"))
     cpu = {"use_cpu": True} if device == "cpu" else {}
+    if tuned:  # a competent user's settings for this hardware (fp32 without native bf16; TRL's own packing)
+        cpu.update(bf16=device != "cpu", gradient_checkpointing=False, packing=True, packing_strategy="bfd",
+                   padding_free=True)
     args = SFTConfig(output_dir=str(work / "out-trl"), learning_rate=LR, num_train_epochs=1, save_strategy="no",
-                     **cpu)
-    # ``completion_mask`` is TRL's own column for "train on these tokens": the same targets as the other arms
-    ds = Dataset.from_list([{"input_ids": s["input_ids"], "completion_mask": s["assistant_masks"]} for s in samples])
+                     report_to="none", **cpu)
+    # TRL always applies an ``assistant_masks`` column (``completion_mask`` only to prompt/completion rows):
+    # the same targets as the other arms
+    ds = Dataset.from_list([{"input_ids": s["input_ids"], "assistant_masks": s["assistant_masks"]} for s in samples])
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
     result = trainer.train()
     return {"train_s": result.metrics["train_runtime"], "bf16": args.bf16,
-            "gradient_checkpointing": args.gradient_checkpointing}
+            "gradient_checkpointing": args.gradient_checkpointing, "packing": args.packing,
+            "padding_free": args.padding_free}
 
 
 def arm_hand(work: Path, samples: list[dict], device: str, batch_size: int = 8, max_length: int = 1024) -> dict:
@@ -118,9 +130,12 @@ def arm_hand(work: Path, samples: list[dict], device: str, batch_size: int = 8, 
     opt = torch.optim.AdamW(model.parameters(), lr=LR)
     order = torch.randperm(len(rows)).tolist()
     model.train()
+    trained = positions = 0
     start = time.perf_counter()
     for i in range(0, len(order), batch_size):
         batch = collate([rows[j] for j in order[i:i + batch_size]])
+        t, n = common.batch_counts(batch)
+        trained, positions = trained + t, positions + n
         batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
         with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
             loss = model(**batch).loss
@@ -129,27 +144,30 @@ def arm_hand(work: Path, samples: list[dict], device: str, batch_size: int = 8, 
         opt.zero_grad(set_to_none=True)
     if device == "cuda":
         torch.cuda.synchronize()
-    return {"train_s": time.perf_counter() - start}
+    return {"train_s": time.perf_counter() - start, "trained_tokens": trained, "positions": positions}
 
 
 def worker(ns) -> None:
     work = Path(ns.work)
     samples = json.loads((work / f"data-{ns.rows}.json").read_text())
     extra = json.loads(ns.extra)
+    counts = common.count_trained_tokens()  # the Trainer arms; the hand loop counts its own batches
     if ns.worker == "align_kit_plain_ce":
-        import transformers
-        import trl
+        from align_kit.stages import sft
 
-        # TRL 1.16 patches the model with a chunked LM head (log-probs, entropy, top-1 in tiles, logits
-        # recomputed in backward); without Triton it folds the tiles in torch ops.
-        trl.SFTTrainer.compute_loss = transformers.Trainer.compute_loss
+        def own_loss(model, inputs, num_items_in_batch=None):  # the LM head over every position
+            return model(**inputs, **({} if num_items_in_batch is None else {"num_items_in_batch": num_items_in_batch})).loss
+
+        sft.trained_positions_loss = own_loss
         rec = arm_align_kit(work, ns.rows, extra)
     elif ns.worker == "align_kit":
         rec = arm_align_kit(work, ns.rows, extra)
-    elif ns.worker == "trl":
-        rec = arm_trl(work, samples, ns.device)
+    elif ns.worker in ("trl", "trl_tuned"):
+        rec = arm_trl(work, samples, ns.device, tuned=ns.worker == "trl_tuned")
     else:
         rec = arm_hand(work, samples, ns.device)
+    if ns.worker != "hand":
+        rec.update(trained_tokens=counts["trained_tokens"], positions=counts["positions"])
     tokens = real_tokens(samples)
     rec.update(bench="sft", family=ns.family, arm=ns.worker, rows=ns.rows, real_tokens=tokens,
                tokens_per_s=tokens / rec["train_s"])
@@ -187,7 +205,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--families", default="llama,qwen2,mistral")
     p.add_argument("--rows", type=int, default=64, help="Alpaca rows per arm (all arms: the same rows)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--arms", default=",".join(ARMS[:3]))
+    p.add_argument("--arms", default=",".join(ARMS[:4]))
     p.add_argument("--configs", default=",".join(GPU_CONFIGS), help="GPU track configs to run (--device cuda)")
     p.add_argument("--worker", choices=ARMS)
     p.add_argument("--work"), p.add_argument("--family"), p.add_argument("--tag", default="cpu")
@@ -195,6 +213,7 @@ def main(argv=None) -> list[dict]:
     ns = p.parse_args(argv)
     if ns.worker:
         return worker(ns)
+    print(json.dumps({"machine": common.machine()}), flush=True)
     records = []
     plans = ([(f, "cpu", {}) for f in ns.families.split(",")] if ns.device == "cpu"
              else [("llama", tag, GPU_CONFIGS[tag]) for tag in ns.configs.split(",")])
@@ -203,16 +222,23 @@ def main(argv=None) -> list[dict]:
         work = prepare(family, ns.rows, shape, tag.split("-")[0])
         # LoRA / QLoRA on the 8B shape: align_kit's arm only (the other arms train every weight)
         arms = ns.arms.split(",") if tag in ("cpu", "1b") else ["align_kit"]
-        for _, arm in common.interleaved(arms, ns.repeats):
+        for rnd, arm in common.interleaved(arms, ns.repeats):
             args = ["--worker", arm, "--work", str(work), "--family", family, "--rows", str(ns.rows),
                     "--device", ns.device, "--tag", tag.split("-")[0], "--extra", json.dumps(extra)]
             rec = common.run_worker(Path(__file__), args)
-            rec["config"] = tag
+            rec.update(config=tag, round=rnd)
             if ns.device == "cuda":
                 rec["family"] = f"{family}-{tag}"  # one table row per config
             print(json.dumps(rec), flush=True)
             records.append(rec)
     common.print_table(common.summarise(records, "tokens_per_s"), "tokens/s", baseline_arm="trl")
+    arms = ns.arms.split(",")
+    common.print_round_ratios(records, "tokens_per_s", [(a, b) for a in arms for b in ("trl", "trl_tuned", "hand")
+                                                        if a != b and b in arms and not a.startswith("trl")])
+    for arm in arms:
+        counted = sorted({(r["family"], r.get("trained_tokens"), r.get("positions")) for r in records if r["arm"] == arm})
+        print(f"{arm}: (family, trained tokens, positions computed incl. padding) {counted}", flush=True)
+    print(json.dumps({"loadavg_end": [round(x, 2) for x in os.getloadavg()]}), flush=True)
     return records
 
 

@@ -198,6 +198,93 @@ def mfu(tokens_per_s: float, flops_per_token: float, peak_flops: float = H100_BF
     return tokens_per_s * flops_per_token / peak_flops
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux ``/proc/cpuinfo``), with whether it has native bf16 (AVX-512 BF16 / AMX)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    bf16 = "avx512_bf16" in flags or "amx_bf16" in flags
+    return f"{name} ({'native bf16' if bf16 else 'no native bf16'})"
+
+
 def machine() -> dict:
-    return {"cpus": os.cpu_count(), "loadavg": [round(x, 2) for x in os.getloadavg()],
+    return {"cpus": os.cpu_count(), "cpu": cpu_model(), "loadavg": [round(x, 2) for x in os.getloadavg()],
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+
+
+def batch_counts(batch: dict) -> tuple[int, int]:
+    """(trained tokens, positions computed) of one collated batch. Trained: SFT's ``labels`` or DPO's
+    ``completion_mask`` shifted by one (the token each position is scored on, as the losses shift them);
+    a reward batch (neither) reads every real token (``attention_mask``). Positions: the batch's size
+    including padding.
+
+    >>> import torch
+    >>> batch_counts({"input_ids": torch.zeros(2, 4), "labels": torch.tensor([[-100, 5, 6, -100], [-100, -100, 7, 8]])})
+    (4, 8)
+    >>> batch_counts({"input_ids": torch.zeros(1, 4), "completion_mask": torch.tensor([[1, 0, 1, 1]])})
+    (2, 4)
+    >>> batch_counts({"input_ids": torch.zeros(1, 4), "attention_mask": torch.tensor([[1, 1, 1, 0]])})
+    (3, 4)
+    """
+    if "labels" in batch:
+        trained = (batch["labels"][..., 1:] != -100).sum()
+    elif "completion_mask" in batch:
+        trained = batch["completion_mask"][..., 1:].sum()
+    else:
+        trained = batch["attention_mask"].sum()
+    return int(trained), int(batch["input_ids"].numel())
+
+
+def count_trained_tokens() -> dict:
+    """Count what every ``transformers.Trainer`` in this process (align_kit's stages and TRL's trainers alike)
+    trains on: ``Trainer.train`` is patched so its collator's batches pass through ``batch_counts``. The
+    returned dict fills in as training runs: ``trained_tokens``, ``positions``, ``batches``."""
+    import transformers
+
+    counts = {"trained_tokens": 0, "positions": 0, "batches": 0}
+    original = transformers.Trainer.train
+
+    def train(self, *args, **kwargs):
+        inner = self.data_collator
+
+        def collate(rows):
+            batch = inner(rows)
+            trained, positions = batch_counts(batch)
+            counts["trained_tokens"] += trained
+            counts["positions"] += positions
+            counts["batches"] += 1
+            return batch
+
+        self.data_collator = collate
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            self.data_collator = inner
+
+    transformers.Trainer.train = train
+    return counts
+
+
+def round_ratios(records: list[dict], key: str, arm: str, baseline: str) -> list[float]:
+    """``arm``'s ``key`` over ``baseline``'s, round by round (records carry ``round``) and per family.
+
+    >>> round_ratios([{"round": 0, "family": "f", "arm": "a", "x": 3.0}, {"round": 0, "family": "f", "arm": "b", "x": 2.0},
+    ...               {"round": 1, "family": "f", "arm": "a", "x": 1.0}, {"round": 1, "family": "f", "arm": "b", "x": 2.0}],
+    ...              "x", "a", "b")
+    [1.5, 0.5]
+    """
+    by = {(r.get("family"), r["round"], r["arm"]): r[key] for r in records if "round" in r}
+    return [v / by[(fam, rnd, baseline)] for (fam, rnd, a), v in by.items()
+            if a == arm and (fam, rnd, baseline) in by]
+
+
+def print_round_ratios(records: list[dict], key: str, pairs: list[tuple[str, str]]) -> None:
+    """One line per (arm, baseline): the per-round ratios and their median [min, max]."""
+    for arm, baseline in pairs:
+        ratios = round_ratios(records, key, arm, baseline)
+        if ratios:
+            print(f"{arm} / {baseline} per round: {', '.join(f'{x:.2f}' for x in ratios)}; median "
+                  f"{statistics.median(ratios):.2f} [{min(ratios):.2f}, {max(ratios):.2f}]", flush=True)

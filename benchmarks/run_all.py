@@ -31,7 +31,7 @@ def plan(ns) -> list[tuple[str, list[str]]]:
     rows, pairs, rounds = (8, 8, 1) if ns.quick else (ns.rows, ns.pairs, ns.repeats)
     return [
         ("sft", ["bench_sft.py", "--families", "llama", "--rows", str(rows), "--repeats", str(rounds),
-                 "--arms", "align_kit,trl,hand,align_kit_plain_ce"]),
+                 "--arms", "align_kit,trl,trl_tuned,hand,align_kit_plain_ce"]),
         ("sft", ["bench_sft.py", "--families", "qwen2,mistral", "--rows", str(rows), "--repeats",
                  str(max(1, rounds - 1))]),
         ("dpo", ["bench_dpo.py", "--pairs", str(pairs), "--repeats", str(rounds)]),
@@ -61,7 +61,8 @@ def run_one(name: str, argv: list[str], results: Path) -> int:
 
 def markdown(results: Path) -> str:
     """A markdown table of medians and ranges per (bench, family, arm) from ``results.jsonl``, with the ratio
-    to TRL's arm of the same bench and family, peak RSS and the load average the runs saw."""
+    to TRL's arms of the same bench and family (defaults, and as a competent user sets it: ``trl_tuned``), the
+    trained tokens each arm counted, peak RSS and the load average the runs saw."""
     import statistics
 
     recs = [json.loads(line) for line in open(results, encoding="utf-8")]
@@ -69,16 +70,18 @@ def markdown(results: Path) -> str:
     rows = []
     for key in ("tokens_per_s", "pairs_per_s"):
         summary = common.summarise([r for r in recs if key in r], key)
-        base = {(s["bench"], s["family"]): s["median"] for s in summary if s["arm"] == "trl"}
+        bases = [{(s["bench"], s["family"]): s["median"] for s in summary if s["arm"] == b} for b in ("trl", "trl_tuned")]
         for s in summary:
             runs = [r for r in recs if (r["bench"], r["family"], r["arm"]) == (s["bench"], s["family"], s["arm"])]
             load = statistics.median(r["loadavg_1m"] for r in runs)
-            ratio = s["median"] / base[(s["bench"], s["family"])] if (s["bench"], s["family"]) in base else None
+            ratios = [format(s["median"] / b[(s["bench"], s["family"])], ".2f") + "x" if (s["bench"], s["family"]) in b
+                      else "" for b in bases]
+            trained = sorted({r.get("trained_tokens") for r in runs} - {None})
             rows.append(f"| {s['bench']} | {s['family']} | {s['arm']} | {key.replace('_per_s', '/s')} "
-                        f"{s['median']:.3g} [{s['min']:.3g}, {s['max']:.3g}] | {s['runs']} | "
-                        f"{'' if ratio is None else format(ratio, '.2f') + 'x'} | {s['peak_rss_mib']:.0f} | {load:.1f} |")
-    head = ("| bench | family | arm | throughput median [min, max] | runs | vs TRL | peak RSS MiB | load 1m |\n"
-            "|---|---|---|---|---|---|---|---|\n")
+                        f"{s['median']:.3g} [{s['min']:.3g}, {s['max']:.3g}] | {s['runs']} | {ratios[0]} | {ratios[1]} | "
+                        f"{', '.join(f'{t:,}' for t in trained)} | {s['peak_rss_mib']:.0f} | {load:.1f} |")
+    head = ("| bench | family | arm | throughput median [min, max] | runs | vs TRL defaults | vs TRL tuned | "
+            "trained tokens | peak RSS MiB | load 1m |\n|---|---|---|---|---|---|---|---|---|---|\n")
     return head + "\n".join(rows)
 
 

@@ -156,3 +156,45 @@ def test_lm_head_choice_changes_the_path_not_the_loss(tmp_path):
     assert len(losses["full"]) == 2
     assert losses["chunked"] == pytest.approx(losses["full"], rel=1e-4)
     assert all("entropy" in r for r in logs["chunked"]) and not any("entropy" in r for r in logs["full"])
+
+
+def test_trained_positions_loss_equals_the_models_own_loss_and_gradients():
+    """The CPU loss runs the LM head on trained positions only; loss and every gradient must equal the model's
+    own loss over full logits on a packed, padded batch whose prompts are not trained."""
+    from align_kit.data.packing import PackedCollator, pack_samples
+    from align_kit.quickstart.model import build_model, build_tokenizer
+    from align_kit.stages.sft import trained_positions_loss
+
+    tok = build_tokenizer()
+    model = build_model(tok).train()
+    texts = ["Reverse: abc then more context here", "Uppercase: xyz", "Count the letters in banana", "Say hi"]
+    samples = []
+    for text in texts:
+        ids = tok(text).input_ids
+        samples.append({"input_ids": ids, "assistant_masks": [0] * (len(ids) // 2) + [1] * (len(ids) - len(ids) // 2)})
+    batch = PackedCollator(tok.pad_token_id)(pack_samples(samples, max_length=24))
+    rows = batch["input_ids"].shape[0]
+    assert rows >= 2 and (batch["input_ids"] == tok.pad_token_id).any()  # several packed rows, one padded
+    targets = int((batch["labels"][:, 1:] != -100).sum())
+
+    def loss_and_grads(fn):
+        model.zero_grad(set_to_none=True)
+        loss = fn()
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    seen = []
+    hook = model.get_output_embeddings().register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
+    own, own_grads = loss_and_grads(lambda: model(**batch).loss)
+    ours, our_grads = loss_and_grads(lambda: trained_positions_loss(model, batch))
+    hook.remove()
+    torch.testing.assert_close(ours, own, atol=1e-6, rtol=1e-6)
+    assert own_grads.keys() == our_grads.keys() and len(our_grads) > 10
+    for name, grad in own_grads.items():
+        torch.testing.assert_close(our_grads[name], grad, atol=1e-6, rtol=1e-5, msg=name)
+    # the model's head saw every position of the [rows, L] batch; ours only the trained targets
+    assert seen[0] == rows and seen[1] == targets < batch["input_ids"].numel() // 2
+    # with the Trainer's count of the whole accumulated batch, both divide by it
+    scaled = trained_positions_loss(model, batch, num_items_in_batch=torch.tensor(2 * targets)).detach()
+    torch.testing.assert_close(scaled, model(**batch, num_items_in_batch=torch.tensor(2 * targets)).loss.detach())
+    torch.testing.assert_close(scaled, own / 2)
