@@ -21,8 +21,7 @@ from typing import Any, Literal
 
 import yaml
 
-from align_kit.errors import ConfigError
-from align_kit.families import closest
+from align_kit.errors import ConfigError, closest
 from align_kit.harness import EvaluationArgs
 
 # ----------------------------------------------------------------------------- recipe sections
@@ -393,7 +392,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, inputs: bo
 def recipe_from_dict(raw: dict, source: str | None = None, inputs: bool = True) -> Recipe:
     """Validate a recipe given as a dict (the Python API's entry point): completely, as a run would
     (align_kit.recipe_check); ``inputs=False`` leaves out the files, folders and modules it names."""
-    from align_kit.stages import STAGES, get_stage
+    from align_kit.registry import STAGES, get_stage
 
     raw = expand_env(dict(raw))
     stage_name = raw.get("stage")

@@ -1,7 +1,7 @@
 """Run and pipeline reports: PNG plots of training logs (matplotlib, Agg) and a Markdown summary.
 
 Inputs are plain: a log history is a list of dicts (``trainer.state.log_history``, one dict per logging
-step) or a path to a ``.jsonl`` log (PPO's ``ppo_log.jsonl``) or to ``trainer_state.json``. Evaluation
+step) or a path to a ``.jsonl`` log (a run's ``log_history.jsonl``) or to ``trainer_state.json``. Evaluation
 results are records ``{"metric", "value", "stage", "dataset"?, "split"?}`` where ``stage`` says which model
 was measured (``base``, ``sft``, ``dpo``...), so a table with one column per stage shows what each stage did.
 Plots are drawn with the object API on an Agg canvas: no pyplot, no global backend switch in the caller.

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from align_kit.errors import ConfigError
-from align_kit.families import closest
+from align_kit.errors import ConfigError, closest
 
 REQUIRED = ("name", "license", "format", "source", "splits")
 
