@@ -343,7 +343,7 @@ def test_two_processes_under_accelerate_run_to_the_end_and_resume(ckpts, tmp_pat
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result == {"num_processes": 2, "steps": 4, "resumed_at": 2, "policy_moved": True,
                       "resume_identical": True, "ranks_agree": True}
-    assert "ignoring incomplete checkpoint checkpoint-4.tmp" in proc.stderr
+    assert "skipping checkpoint-4.tmp: incomplete" in proc.stderr  # rundir.complete_checkpoints, every rank
     for run in ("full", "cut"):
         assert (tmp_path / run / "model" / "model.safetensors").exists()
         assert sorted(p.name for p in (tmp_path / run).glob("rng_state_*.pt")) == []
