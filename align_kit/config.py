@@ -11,7 +11,6 @@ directory. Overrides use dotted keys: ``trainer.learning_rate=1e-4 peft.r=16``.
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 import types
 import typing
@@ -21,6 +20,7 @@ from typing import Any, Literal
 
 import yaml
 
+from align_kit.envvars import expand_env  # noqa: F401  (config.expand_env: the recipe loader's)
 from align_kit.errors import ConfigError, closest
 from align_kit.harness import EvaluationArgs
 
@@ -305,30 +305,6 @@ def parse_yaml(text: str):
     align_kit.errors.ConfigError: line 3: key 'lr' appears twice in one mapping (first on line 2); expected each key once
     """
     return yaml.load(text, Loader=RecipeLoader)  # noqa: S506 - RecipeLoader derives from SafeLoader
-
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-def expand_env(value):
-    """Expand ``${VAR}`` and ``${VAR:-default}`` in strings, recursively.
-
-    >>> os.environ.pop("ALIGN_KIT_DOCTEST", None); expand_env({"p": "${ALIGN_KIT_DOCTEST:-../shared}/x"})
-    {'p': '../shared/x'}
-    """
-    if isinstance(value, str):
-        def sub(m):
-            if m.group(1) in os.environ:
-                return os.environ[m.group(1)]
-            if m.group(2) is not None:
-                return m.group(2)
-            raise ConfigError(f"environment variable {m.group(1)} is not set (used as ${{{m.group(1)}}} in the recipe)")
-        return _ENV.sub(sub, value)
-    if isinstance(value, list):
-        return [expand_env(v) for v in value]
-    if isinstance(value, dict):
-        return {k: expand_env(v) for k, v in value.items()}
-    return value
-
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """Apply ``a.b=value`` overrides (values parsed as YAML).

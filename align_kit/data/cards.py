@@ -52,7 +52,7 @@ class Card:
             return f"hub:{self.source['hub']}:{loc}"
         if "package" in self.source:
             return str(Path(__file__).resolve().parents[1] / self.source["package"] / loc)
-        from align_kit.config import expand_env
+        from align_kit.envvars import expand_env
 
         base = expand_env(str(self.source.get("path", "")))
         return str(Path(base) / loc) if base else loc

@@ -5,7 +5,7 @@ The rules it holds:
 
 1. No cycle. Importing ``a.b.c`` also runs ``a/__init__.py`` and ``a/b/__init__.py``: a package whose
    ``__init__`` imports align_kit modules when it runs (at its top level, not inside a function) counts as
-   imported too.
+   imported too, except by its own modules (a package's ``__init__`` may gather its modules' names).
 2. Layers: only the entry points import ``align_kit.stages`` (or a module in it). The entry points are the
    stage package itself, the CLI (``align_kit.cli``, ``align_kit.__main__``, ``align_kit.commands``) and the
    pipeline (``align_kit.pipeline``), which runs stages. Everything the stages use (config, the run folder,
@@ -80,17 +80,21 @@ def import_graph(package_dir: Path) -> dict[str, set[str]]:
     active = {mod for mod, path in mods.items() if path.name == "__init__.py"
               and any(ours(n) for n in _imported_names(trees[mod], mod, True, top_level=True))}
 
-    def resolve(name: str) -> set[str]:
+    def ancestors(name: str) -> set[str]:
+        parts = name.split(".")
+        return {".".join(parts[:i]) for i in range(1, len(parts))}
+
+    def resolve(name: str, importer: str) -> set[str]:
         while name and name not in mods:  # `from a.b import name` where name is not a module
             name = name.rpartition(".")[0]
-        parts = name.split(".")
-        parents = {".".join(parts[:i]) for i in range(1, len(parts))} & active
+        # the packages the import runs, but not the importer's own: it is being imported already
+        parents = (ancestors(name) & active) - ancestors(importer)
         return ({name} | parents) if name else parents
 
     graph = {}
     for mod, path in mods.items():
         names = _imported_names(trees[mod], mod, path.name == "__init__.py")
-        graph[mod] = set().union(*(resolve(n) for n in names if ours(n))) - {mod}
+        graph[mod] = set().union(*(resolve(n, mod) for n in names if ours(n))) - {mod}
     return graph
 
 
@@ -172,6 +176,9 @@ def test_a_planted_cycle_and_back_arrow_are_found(tmp_path):
         "quiet/__init__.py": "def f():\n    from align_kit import a\n",  # imports nothing when it runs
         "quiet/q.py": "",
         "user.py": "from align_kit.quiet import q\n",
+        "gather/__init__.py": "from align_kit.gather.one import f\n",  # a package gathering its modules' names
+        "gather/one.py": "from align_kit.gather.two import g\n",
+        "gather/two.py": "",
         "low.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from align_kit.stages import s\n",
         "config.py": "def load():\n    import align_kit.stages.s\n",
     })
@@ -180,3 +187,4 @@ def test_a_planted_cycle_and_back_arrow_are_found(tmp_path):
     # importing a submodule runs its package's __init__; a TYPE_CHECKING import does not count
     assert back_arrows(graph) == ["align_kit.config -> align_kit.stages", "align_kit.config -> align_kit.stages.s"]
     assert graph["align_kit.user"] == {"align_kit.quiet.q"}
+    assert graph["align_kit.gather.one"] == {"align_kit.gather.two"}  # its own package's __init__ is no edge
