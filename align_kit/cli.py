@@ -18,13 +18,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     data = sub.add_parser("data", help="convert, inspect, clean, dedup and decontaminate data")
     data_sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
-    for name in MODULES:
-        try:
-            module = importlib.import_module(f"align_kit.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"align_kit.commands.{name}":
-                raise
-            continue  # a command group not built yet
+    for name in MODULES:  # a module that fails to import raises here: a broken command is never left out
+        module = importlib.import_module(f"align_kit.commands.{name}")
+        if not callable(getattr(module, "register", None)):
+            raise TypeError(f"{module.__name__} is in the commands package but defines no register(sub, data_sub)")
         module.register(sub, data_sub)
     return parser
 

@@ -11,7 +11,6 @@ directory. Overrides use dotted keys: ``trainer.learning_rate=1e-4 peft.r=16``.
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 import types
 import typing
@@ -21,8 +20,8 @@ from typing import Any, Literal
 
 import yaml
 
-from align_kit.errors import ConfigError
-from align_kit.families import closest
+from align_kit.envvars import expand_env  # noqa: F401  (config.expand_env: the recipe loader's)
+from align_kit.errors import ConfigError, closest
 from align_kit.harness import EvaluationArgs
 
 # ----------------------------------------------------------------------------- recipe sections
@@ -307,30 +306,6 @@ def parse_yaml(text: str):
     """
     return yaml.load(text, Loader=RecipeLoader)  # noqa: S506 - RecipeLoader derives from SafeLoader
 
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-def expand_env(value):
-    """Expand ``${VAR}`` and ``${VAR:-default}`` in strings, recursively.
-
-    >>> os.environ.pop("ALIGN_KIT_DOCTEST", None); expand_env({"p": "${ALIGN_KIT_DOCTEST:-../shared}/x"})
-    {'p': '../shared/x'}
-    """
-    if isinstance(value, str):
-        def sub(m):
-            if m.group(1) in os.environ:
-                return os.environ[m.group(1)]
-            if m.group(2) is not None:
-                return m.group(2)
-            raise ConfigError(f"environment variable {m.group(1)} is not set (used as ${{{m.group(1)}}} in the recipe)")
-        return _ENV.sub(sub, value)
-    if isinstance(value, list):
-        return [expand_env(v) for v in value]
-    if isinstance(value, dict):
-        return {k: expand_env(v) for k, v in value.items()}
-    return value
-
-
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """Apply ``a.b=value`` overrides (values parsed as YAML).
 
@@ -393,7 +368,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, inputs: bo
 def recipe_from_dict(raw: dict, source: str | None = None, inputs: bool = True) -> Recipe:
     """Validate a recipe given as a dict (the Python API's entry point): completely, as a run would
     (align_kit.recipe_check); ``inputs=False`` leaves out the files, folders and modules it names."""
-    from align_kit.stages import STAGES, get_stage
+    from align_kit.registry import STAGES, get_stage
 
     raw = expand_env(dict(raw))
     stage_name = raw.get("stage")

@@ -12,6 +12,32 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 
+def closest(word: str, options) -> str | None:
+    """Closest valid option for an error message (None when nothing is close).
+
+    >>> closest("lama", ["llama", "qwen"])
+    'llama'
+    >>> closest("zzz", ["llama", "qwen"]) is None
+    True
+    """
+    import difflib
+
+    hits = difflib.get_close_matches(word, list(options), n=1, cutoff=0.5)
+    return hits[0] if hits else None
+
+
+def did_you_mean(word: str, options) -> str:
+    """The " (did you mean 'x'?)" part of an error message, or "" when no option is close.
+
+    >>> did_you_mean("sfft", ["sft", "dpo"])
+    " (did you mean 'sft'?)"
+    >>> did_you_mean("xyz", ["sft", "dpo"])
+    ''
+    """
+    hint = closest(word, options)
+    return f" (did you mean '{hint}'?)" if hint else ""
+
+
 class AlignKitError(Exception):
     """Base class of errors caused by user input; shown without a traceback."""
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
-from align_kit.errors import ConfigError
+from align_kit.errors import ConfigError, did_you_mean
 
 # Attention and MLP projections: LoRA on all of them is the QLoRA paper's recommendation.
 _LLAMA_LIKE = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -141,22 +141,8 @@ def strip_generation_markers(template: str) -> str:
     return re.sub(r"{%-?\s*(end)?generation\s*-?%}", "", template)
 
 
-def closest(word: str, options) -> str | None:
-    """Closest valid option for an error message.
-
-    >>> closest("lama", ["llama", "qwen"])
-    'llama'
-    """
-    import difflib
-
-    hits = difflib.get_close_matches(word, list(options), n=1, cutoff=0.5)
-    return hits[0] if hits else None
-
-
 def _unknown(kind: str, name: str, options) -> ConfigError:
-    hint = closest(name, options)
-    return ConfigError(f"unknown {kind} '{name}'" + (f" (did you mean '{hint}'?)" if hint else "")
-                       + f"; valid: {', '.join(sorted(options))}")
+    return ConfigError(f"unknown {kind} '{name}'{did_you_mean(name, options)}; valid: {', '.join(sorted(options))}")
 
 
 def family_for_model_type(model_type: str) -> Family:

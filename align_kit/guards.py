@@ -1,29 +1,29 @@
 """Run guards for the Trainer-based stages (pretrain, SFT, reward, DPO/KTO): atomic checkpoints and
-numerical faults. align_kit's own PPO loop has the same guarantees in ``ppo/checkpoint.py`` and ``ppo/loop.py``.
+numerical faults. align_kit's own RL loop has the same guarantees in ``ppo/checkpoint.py`` and ``ppo/loop.py``;
+what makes a checkpoint complete is defined once, in ``align_kit.rundir``.
 
 Why a callback: HF Trainer writes ``checkpoint-N/`` in place (``Trainer._save_checkpoint``: weights, then
 optimizer, scheduler and RNG states, then ``trainer_state.json``) and fires ``on_save`` only after all of
-that, so a marker written in ``on_save`` is the last file of a checkpoint; ``stages.common`` resumes only from
-checkpoints that carry it. The Trainer's own rotation (``save_total_limit``) runs inside ``_save_checkpoint``,
-i.e. *before* ``on_save``: with ``save_total_limit: 1`` a kill in between would leave no usable checkpoint.
-So :class:`AtomicCheckpoints` takes rotation over and deletes old checkpoints only after the new one is
-marked complete (and its weights are finite).
+that, so the marker written in ``on_save`` (``rundir.mark_complete``) is the last file of a checkpoint. The
+Trainer's own rotation (``save_total_limit``) runs inside ``_save_checkpoint``, i.e. *before* ``on_save``:
+with ``save_total_limit: 1`` a kill in between would leave no usable checkpoint. So
+:class:`AtomicCheckpoints` takes rotation over and deletes old checkpoints only after the new one is marked
+complete (and its weights are finite).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import re
 import shutil
 from pathlib import Path
 
 from transformers import TrainerCallback
 
+from align_kit import rundir
 from align_kit.errors import AlignKitError
 
 log = logging.getLogger("align_kit")
-_CKPT = re.compile(r"^checkpoint-(\d+)$")
 
 
 class UnsafeCheckpointError(AlignKitError):
@@ -81,8 +81,7 @@ def _wait_for_everyone() -> None:
 class AtomicCheckpoints(TrainerCallback):
     """Mark each checkpoint complete after the Trainer wrote it, then rotate old ones (see module doc)."""
 
-    def __init__(self, marker: str):
-        self.marker = marker
+    def __init__(self):
         self.keep: int | None = None
 
     def on_init_end(self, args, state, control, **kwargs):
@@ -97,7 +96,7 @@ class AtomicCheckpoints(TrainerCallback):
             args.save_total_limit = None  # the Trainer would rotate before the new checkpoint is marked
 
     def on_save(self, args, state, control, model=None, **kwargs):
-        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        folder = rundir.checkpoint_path(args.output_dir, state.global_step)
         _wait_for_everyone()
         if model is not None and not weights_finite(model):
             if state.is_world_process_zero:
@@ -107,20 +106,10 @@ class AtomicCheckpoints(TrainerCallback):
                 f"(learning rate too high, or fp16 overflow?). {folder.name} was not kept. "
                 f"{_last_good(folder.parent)}")
         if state.is_world_process_zero and folder.is_dir():
-            (folder / self.marker).write_text(f"step {state.global_step}\n")
-            self._rotate(folder.parent, state)
+            rundir.mark_complete(folder, f"step {state.global_step}")
+            best = Path(state.best_model_checkpoint).name if state.best_model_checkpoint else None
+            rundir.rotate(folder.parent, self.keep, protect=best)
         return control
-
-    def _rotate(self, out: Path, state) -> None:
-        if not self.keep:
-            return
-        from align_kit.stages.common import complete_checkpoints
-
-        done = complete_checkpoints(out)
-        best = Path(state.best_model_checkpoint).name if state.best_model_checkpoint else None
-        for old in done[:-self.keep]:
-            if old.name != best:
-                shutil.rmtree(old, ignore_errors=True)
 
 
 class NumericalGuard(TrainerCallback):
@@ -143,13 +132,11 @@ class NumericalGuard(TrainerCallback):
 
 
 def _last_good(out: Path) -> str:
-    from align_kit.stages.common import last_checkpoint
-
-    last = last_checkpoint(out)
+    last = rundir.last_checkpoint(out)
     if last is None:
         return "No checkpoint was written before the fault."
     return f"The last good checkpoint, {last.name}, is kept; training resumes from it when rerun."
 
 
-def callbacks(marker: str) -> list[TrainerCallback]:
-    return [AtomicCheckpoints(marker), NumericalGuard()]
+def callbacks() -> list[TrainerCallback]:
+    return [AtomicCheckpoints(), NumericalGuard()]

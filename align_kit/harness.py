@@ -97,7 +97,7 @@ def _harness_names() -> frozenset[str]:
 
 def check_tasks(args: HarnessArgs, where: str = "evaluation.harness") -> None:
     """Every task name resolvable and every include folder present; before any model loads."""
-    from align_kit.families import closest
+    from align_kit.errors import closest
 
     require_lm_eval()
     if not args.tasks:

@@ -86,7 +86,7 @@ def run_for_stage(recipe, out: str | Path | None = None) -> dict | None:
     """Score the stage's start and trained models on its harness tasks; record the overlap; ``None`` without
     an ``evaluation.harness`` block."""
     from align_kit.harness import contamination
-    from align_kit.stages.common import is_main_process, model_dir
+    from align_kit.rundir import is_main_process, model_dir
 
     args = harness_args(recipe)
     out = Path(out or recipe.output_dir)

@@ -31,9 +31,16 @@ import re
 from pathlib import Path
 
 from align_kit.errors import ConfigError
+from align_kit.rundir import (
+    IDENTITY_NAME,
+    has_checkpoints,
+    is_main_process,
+    model_dir,
+    read_identity,
+    write_json,
+)
 
 log = logging.getLogger("align_kit")
-IDENTITY_NAME = "run_identity.json"
 OVERRIDE_KEY = "resume_anyway"
 # Keys that change what a run logs or keeps, never the weights it trains.
 COSMETIC = {"output_dir", OVERRIDE_KEY, "trainer.logging_steps", "trainer.logging_strategy",
@@ -43,7 +50,6 @@ COSMETIC = {"output_dir", OVERRIDE_KEY, "trainer.logging_steps", "trainer.loggin
 MODEL_PATH_KEYS = re.compile(r"^(model\.name_or_path|[a-z]+\.reward_model)$")
 _FULL_HASH_LIMIT = 256 << 20
 _SAMPLES, _SAMPLE_SIZE = 16, 1 << 20
-_CKPT = re.compile(r"^checkpoint-\d+$")
 
 
 def flatten(value, prefix: str = "") -> dict:
@@ -164,21 +170,7 @@ _MISSING = object()
 
 def has_run_state(out: Path) -> bool:
     """True when ``out`` holds something a run would resume from or reuse: a checkpoint or a final model."""
-    if not out.is_dir():
-        return False
-    return (out / "model").is_dir() or any(_CKPT.match(p.name) and p.is_dir() for p in out.iterdir())
-
-
-def read_identity(out: Path) -> dict | None:
-    path = Path(out) / IDENTITY_NAME
-    if not path.is_file():
-        return None
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: unreadable run identity ({exc}); move the run folder aside or delete the file "
-                          "to start a new run") from None
-    return record if isinstance(record, dict) and isinstance(record.get("parts"), dict) else None
+    return model_dir(out).is_dir() or has_checkpoints(out)
 
 
 def compare(recipe, out: Path | None = None) -> tuple[dict, list[str] | None]:
@@ -211,9 +203,7 @@ def check(recipe) -> None:
 
 def check_and_record(recipe) -> dict:
     """Stop when ``recipe.output_dir`` holds a run with another identity (unless ``resume_anyway``), then
-    write this recipe's identity there. Returns the record (also put in the manifest by ``runlog``)."""
-    from align_kit.stages.common import is_main_process, write_json
-
+    write this recipe's identity there. Returns the record (also put in the manifest by ``rundir``)."""
     out = Path(recipe.output_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output_dir: {out} is an existing file; expected a folder (or a path that does not "

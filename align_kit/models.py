@@ -9,10 +9,10 @@ from __future__ import annotations
 import importlib.util
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from align_kit.config import ModelArgs, PeftArgs, QuantArgs
 from align_kit.errors import ConfigError
 from align_kit.families import (
     Family,
@@ -24,6 +24,9 @@ from align_kit.families import (
     get_template,
     stop_token_ids,
 )
+
+if TYPE_CHECKING:  # annotations only: the recipe loader (config) calls check_targets_early below
+    from align_kit.config import ModelArgs, PeftArgs, QuantArgs
 
 log = logging.getLogger("align_kit")
 BUILTIN = "builtin:tiny-llama"

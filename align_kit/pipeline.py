@@ -29,11 +29,11 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from align_kit import harness_stage
+from align_kit import harness_stage, rundir
 from align_kit.config import build, load_recipe, read_yaml_file
 from align_kit.errors import AlignKitError, ConfigError
 from align_kit.harness import EvaluationArgs
-from align_kit.stages import common, run_stage
+from align_kit.stages import run_stage
 
 log = logging.getLogger("align_kit")
 
@@ -131,7 +131,7 @@ def run_pipeline(path: str | Path, overrides: dict[str, list[str]] | None = None
     summary = []
     for stage in spec.stages:
         out = root / stage.name
-        extra = [f"output_dir={out}"] + [f"{k}={common.model_dir(done[v])}" for k, v in stage.use.items()]
+        extra = [f"output_dir={out}"] + [f"{k}={rundir.model_dir(done[v])}" for k, v in stage.use.items()]
         # a stage left out by --only is recorded, not run: its inputs (an earlier stage's folder) may not exist
         recipe = load_recipe(base / stage.recipe, [*stage.overrides, *(overrides or {}).get(stage.name, []), *extra],
                              inputs=not only or stage.name in only)
@@ -139,9 +139,9 @@ def run_pipeline(path: str | Path, overrides: dict[str, list[str]] | None = None
             recipe.evaluation = spec.evaluation
         if only and stage.name not in only:
             status = "skipped (not selected)"
-        elif common.is_finished(out) and _same_run(stage, recipe, out):
+        elif rundir.is_finished(out) and _same_run(stage, recipe, out):
             status = "done (reused)"
-            log.info("stage %s: finished earlier, reusing %s", stage.name, common.model_dir(out))
+            log.info("stage %s: finished earlier, reusing %s", stage.name, rundir.model_dir(out))
             harness_stage.run_for_stage(recipe, out)  # scored only when harness.json lacks these settings
         else:  # run_stage checks (and records) the identity of a half-finished stage itself
             log.info("stage %s: running %s", stage.name, stage.recipe)
@@ -150,10 +150,10 @@ def run_pipeline(path: str | Path, overrides: dict[str, list[str]] | None = None
         done[stage.name] = out
         summary.append({"name": stage.name, "kind": recipe.stage, "status": status, "output_dir": str(out),
                         "start": stage.use.get("model.name_or_path"),
-                        "log_history": next((str(out / n) for n in ("log_history.jsonl", "ppo_log.jsonl")
+                        "log_history": next((str(out / n) for n in (rundir.LOG, rundir.LEGACY_RL_LOG)
                                              if (out / n).exists()), None),
                         "evals": _stage_evals(out, stage.name)})
-        if common.is_main_process():
+        if rundir.is_main_process():
             _report(root, spec, summary)
         if not status.startswith("skipped"):
             check_gate(stage, out)
@@ -191,4 +191,4 @@ def _report(root: Path, spec: PipelineSpec, summary: list[dict]) -> None:
     report = write_pipeline_report(root, summary, title=spec.title)
     runs = [(s["name"], r) for s in summary if (r := read_results(s["output_dir"]))]
     harness_stage.append_section(report, runs)
-    common.write_json(root / "pipeline.json", {"stages": summary})
+    rundir.write_json(root / "pipeline.json", {"stages": summary})

@@ -48,10 +48,10 @@ def check_recipe(recipe, stage, inputs: bool = True) -> None:
 
 def build_trainer_config(recipe, **extra):
     """The stage's trainer config as the run uses it: output_dir and seed from the recipe, align_kit's defaults
-    (``stages.common.trainer_defaults``), the recipe's ``trainer:`` block, then what the stage itself sets
+    (``align_kit.trainer_defaults``), the recipe's ``trainer:`` block, then what the stage itself sets
     (its ``trainer_extras(recipe)``). A value the config class refuses is a ConfigError naming the key."""
-    from align_kit.stages import get_stage
-    from align_kit.stages.common import trainer_defaults
+    from align_kit.registry import get_stage
+    from align_kit.trainer_defaults import trainer_defaults
 
     stage = get_stage(recipe.stage)
     cls = stage.TRAINER_CONFIG
@@ -255,8 +255,7 @@ def check_source_input(src, key: str, kind: str, stage: str, for_training: bool)
     """A data source resolves (card, split) to a readable file or a Hub dataset, in a format the stage reads."""
     from align_kit.data.io import file_kind
     from align_kit.data.sources import resolve
-    from align_kit.errors import DataError
-    from align_kit.families import closest
+    from align_kit.errors import DataError, closest
 
     field = "name" if src.name is not None else "path"
     try:

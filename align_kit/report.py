@@ -1,7 +1,7 @@
 """Run and pipeline reports: PNG plots of training logs (matplotlib, Agg) and a Markdown summary.
 
 Inputs are plain: a log history is a list of dicts (``trainer.state.log_history``, one dict per logging
-step) or a path to a ``.jsonl`` log (PPO's ``ppo_log.jsonl``) or to ``trainer_state.json``. Evaluation
+step) or a path to a ``.jsonl`` log (a run's ``log_history.jsonl``) or to ``trainer_state.json``. Evaluation
 results are records ``{"metric", "value", "stage", "dataset"?, "split"?}`` where ``stage`` says which model
 was measured (``base``, ``sft``, ``dpo``...), so a table with one column per stage shows what each stage did.
 Plots are drawn with the object API on an Agg canvas: no pyplot, no global backend switch in the caller.
@@ -29,6 +29,27 @@ PLOTS = (
      ("rewards/accuracies", "eval_rewards/accuracies", "accuracy", "eval_accuracy")),
     ("dpo_rewards", "DPO implicit rewards", "reward", ("rewards/chosen", "rewards/rejected")),
 )
+# Counters and clocks: they change at every step but say nothing about training.
+NOT_PLOTTED = ("step", "epoch", "total_flos", "updates")
+MAX_OTHER_PLOTS = 16
+
+
+def changing_keys(log_history: Sequence[Mapping], covered=()) -> list[str]:
+    """Logged numeric keys whose value changes over the run, other than ``covered`` (and counters, timings).
+
+    >>> log = [{"step": 1, "loss": 2.0, "lr": 1e-3, "entropy": 0.5, "time_generate": 0.2},
+    ...        {"step": 2, "loss": 1.0, "lr": 1e-3, "entropy": 0.4, "time_generate": 0.3}]
+    >>> changing_keys(log, covered={"loss"})
+    ['entropy']
+    """
+    out = []
+    for key in dict.fromkeys(k for rec in log_history for k in rec):
+        if key in covered or key in NOT_PLOTTED or key.startswith("time_") or key.endswith(("_runtime", "_per_second")):
+            continue
+        _, values = series(log_history, key)
+        if len(values) > 1 and min(values) != max(values):
+            out.append(key)
+    return out
 
 
 def read_log_history(source: str | Path | Sequence[Mapping]) -> list[dict]:
@@ -187,14 +208,14 @@ def _slug(name: str) -> str:
 
 
 def _log_summary(log_history: Sequence[Mapping]) -> list[str]:
-    """Lines giving first -> last value of each plotted key that was logged."""
+    """Lines giving first -> last value of each plotted key that was logged (and of the others that changed)."""
     lines = []
-    for _, _, _, keys in PLOTS:
-        for key in keys:
-            _, values = series(log_history, key)
-            if values:
-                lines.append(f"| {key} | {len(values)} | {_fmt(values[0])} | {_fmt(values[-1])} | "
-                             f"{_fmt(min(values))} | {_fmt(max(values))} |")
+    covered = [key for _, _, _, keys in PLOTS for key in keys]
+    for key in covered + changing_keys(log_history, covered)[:MAX_OTHER_PLOTS]:
+        _, values = series(log_history, key)
+        if values:
+            lines.append(f"| {key} | {len(values)} | {_fmt(values[0])} | {_fmt(values[-1])} | "
+                         f"{_fmt(min(values))} | {_fmt(max(values))} |")
     if not lines:
         return ["No training metrics were logged."]
     return ["| logged key | points | first | last | min | max |", "|---|---|---|---|---|---|", *lines]
@@ -207,6 +228,11 @@ def _stage_section(root: Path, name: str, log_history: Sequence[Mapping], prefix
         if png is not None:
             rel = png.relative_to(root).as_posix()
             lines += ["", f"![{name}: {title}]({rel})"]
+    covered = [key for _, _, _, keys in PLOTS for key in keys]
+    for key in changing_keys(log_history, covered)[:MAX_OTHER_PLOTS]:  # whatever else the run logged that moved
+        png = plot_keys(log_history, (key,), root / "plots" / f"{prefix}log_{_slug(key)}.png", f"{name}: {key}", key)
+        if png is not None:
+            lines += ["", f"![{name}: {key}]({png.relative_to(root).as_posix()})"]
     return lines
 
 

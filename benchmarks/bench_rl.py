@@ -86,7 +86,7 @@ def arm_align_kit(args) -> dict:
         metrics = trainer.step()
         trainer._log_metrics(metrics)
     loop_s = time.perf_counter() - start
-    log = [json.loads(line) for line in (out / "ppo_log.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (out / "log_history.jsonl").read_text().splitlines()]
     after = evaluate(models.policy, tok, eval_prompts, stops)
     split = {k: round(sum(r[f"time_{k}"] for r in log), 2) for k in ("generate", "score", "update")}
     return {"episodes": cfg.steps * cfg.rows_per_process, "loop_s": round(loop_s, 2), **split,

@@ -1,6 +1,10 @@
-"""CLI command groups. Each module defines ``register(sub, data_sub)``: ``sub`` is the top-level
+"""CLI command groups, one module each. A module defines ``register(sub, data_sub)``: ``sub`` is the top-level
 subparsers object, ``data_sub`` the subparsers of ``align-kit data``. A handler is stored with
 ``parser.set_defaults(func=handler)`` and receives the parsed ``argparse.Namespace``; it returns an exit code.
-Add a module's name to ``MODULES`` to wire it in."""
 
-MODULES = ("train", "datawork", "plan", "preference", "ppo", "export", "evaluation", "templates")
+``MODULES`` is derived from this folder: adding ``commands/<name>.py`` wires it in; one that fails to import
+or defines no ``register`` stops the CLI with its error (never skipped)."""
+
+import pkgutil
+
+MODULES = tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")))

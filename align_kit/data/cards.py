@@ -15,8 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from align_kit.errors import ConfigError
-from align_kit.families import closest
+from align_kit.errors import ConfigError, closest
 
 REQUIRED = ("name", "license", "format", "source", "splits")
 
@@ -53,7 +52,7 @@ class Card:
             return f"hub:{self.source['hub']}:{loc}"
         if "package" in self.source:
             return str(Path(__file__).resolve().parents[1] / self.source["package"] / loc)
-        from align_kit.config import expand_env
+        from align_kit.envvars import expand_env
 
         base = expand_env(str(self.source.get("path", "")))
         return str(Path(base) / loc) if base else loc

@@ -101,7 +101,7 @@ def _missing(record: dict, key: str) -> str:
     """
     if key in record:
         return "null"
-    from align_kit.families import closest
+    from align_kit.errors import closest
 
     hint = closest(key, [str(k) for k in record if k not in _KNOWN_KEYS])
     if hint is None:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from align_kit.config import DataArgs, DataSource
 from align_kit.data.cards import get_card
 from align_kit.data.io import read_records, read_text_documents
 from align_kit.errors import ConfigError, DataError, SkipReport
+
+if TYPE_CHECKING:  # annotations only: the recipe loader (config) checks sources through this module
+    from align_kit.config import DataArgs, DataSource
 
 log = logging.getLogger("align_kit")
 FLAN_COT_COLUMNS = ["question", "answer", "rationale"]

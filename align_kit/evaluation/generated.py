@@ -9,12 +9,15 @@ Each function generates with the model and hands the numbers to the matching ``e
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
 from align_kit.errors import DataError, describe
-from align_kit.evaluation.pairwise import ScoreFn
 from align_kit.metrics import compute
+
+if TYPE_CHECKING:  # annotations only: pairwise imports this module's progress bar
+    from align_kit.evaluation.pairwise import ScoreFn
 
 
 def progress(iterable, desc: str, total: int | None = None):

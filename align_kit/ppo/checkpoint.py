@@ -7,10 +7,12 @@ Layout of ``checkpoint-N/`` (N = PPO steps done)::
     optimizers.pt        both AdamW states and both LR-scheduler states
     kl_controller.json   the KL coefficient (and target/horizon when adaptive)
     rng_state_R.pt       python, numpy and torch RNG states of process R
-    trainer_state.json   step and episodes done; written last
+    trainer_state.json   step and episodes done
+    align_kit_complete   the marker, written last (``align_kit.rundir``)
 
-A checkpoint is written into ``checkpoint-N.tmp/`` and renamed with ``os.replace`` only when all
-its files exist, so a run killed mid-write leaves a ``.tmp`` directory that resume ignores.
+A checkpoint is written into ``checkpoint-N.tmp/``, marked and renamed with ``os.replace`` only when all
+its files exist (``rundir.publish``), so a run killed mid-write leaves a ``.tmp`` directory that resume
+ignores; which checkpoints are complete is ``rundir.complete_checkpoints``, as for every stage.
 
 No pickle: the ``.pt`` files hold tensors, numbers, strings and plain containers only (the numpy RNG state
 is stored as a tensor), so they are read with ``torch.load(weights_only=True)``, whose unpickler builds
@@ -21,21 +23,15 @@ nothing else. A file holding any other object (a crafted one would run code when
 from __future__ import annotations
 
 import json
-import logging
-import os
 import random
-import re
-import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from align_kit import rundir
 from align_kit.guards import refuse_unsafe
-
-log = logging.getLogger(__name__)
-CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
 def rng_state() -> dict:
@@ -78,27 +74,8 @@ def write_rng(tmp: Path, rank: int) -> None:
 
 def finalize(tmp: Path, final: Path, keep: int | None) -> None:
     """Main process: publish ``tmp`` as ``final`` and drop the oldest checkpoints beyond ``keep``."""
-    if final.exists():  # the same step saved again (e.g. a rerun): replace it whole
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    if keep is not None:
-        for old in complete_checkpoints(final.parent)[:-keep]:
-            shutil.rmtree(old)
-
-
-def complete_checkpoints(output_dir: Path) -> list[Path]:
-    """Published checkpoints, oldest first. ``.tmp`` leftovers are reported and skipped."""
-    found = []
-    if not output_dir.is_dir():
-        return found
-    for path in output_dir.iterdir():
-        if path.name.startswith("checkpoint-") and path.name.endswith(".tmp"):
-            log.warning("ignoring incomplete checkpoint %s (a run stopped while writing it)", path.name)
-            continue
-        match = CHECKPOINT_RE.match(path.name)
-        if match and (path / "trainer_state.json").exists():
-            found.append((int(match.group(1)), path))
-    return [path for _, path in sorted(found)]
+    rundir.publish(tmp, final, f"step {final.name.rpartition('-')[2]}")
+    rundir.rotate(final.parent, keep)
 
 
 def read(path: Path, rank: int) -> dict:

@@ -18,7 +18,17 @@ import inspect
 import torch
 from torch import nn
 
-from align_kit.ppo.modelset import position_ids_from_mask
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """``(B, L)`` positions that skip left padding, as ``generate`` computes them.
+
+    Every forward (rollout and update) passes these, so a left-padded prompt gives the same
+    log-probs whatever its padding.
+
+    >>> position_ids_from_mask(torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 0]])).tolist()
+    [[0, 0, 0, 1, 2], [0, 1, 2, 3, 3]]
+    """
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def _inner(model: nn.Module) -> nn.Module:
@@ -96,7 +106,7 @@ def response_logits(model: nn.Module, query_ids: torch.Tensor, query_mask: torch
                     response_mask: torch.Tensor, share_prompts: bool = True) -> torch.Tensor:
     """``(b, T, V)`` logits predicting each response token: those of positions ``P - 1 .. P + T - 2``.
 
-    Positions skip the left padding (:func:`~align_kit.ppo.modelset.position_ids_from_mask`), as in generation.
+    Positions skip the left padding (:func:`position_ids_from_mask`), as in generation.
     With ``share_prompts`` and repeated prompts among the rows, each distinct prompt runs once (see the module
     docstring); otherwise one forward over ``prompt + response``.
     """

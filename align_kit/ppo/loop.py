@@ -7,10 +7,10 @@ Runs on one process or many under ``accelerate launch``: each process samples it
 each, so a group is never split across processes; the gradients of the policy (and the critic) are
 averaged by DDP. Metrics are averaged over processes before they are logged.
 
-Outputs in ``output_dir``: ``ppo_log.jsonl`` (one line of metrics per logged step),
-``samples.jsonl`` (decoded generations), ``checkpoint-N/`` (see ``checkpoint.py``) and ``model/``,
-the final policy that loads with plain ``transformers`` (LoRA merged; the adapter also in ``adapter/``)
-together with the tokenizer. The update half (minibatch losses, optimiser steps) is ``update.py``.
+Outputs in ``output_dir``, laid out as every stage's (``align_kit.rundir``): ``log_history.jsonl`` (one line
+of metrics per logged step), ``samples.jsonl`` (decoded generations), ``checkpoint-N/`` (see ``checkpoint.py``)
+and ``model/``, the final policy that loads with plain ``transformers`` (LoRA merged; the adapter also in
+``adapter/``) together with the tokenizer. The update half (minibatch losses, optimiser steps) is ``update.py``.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from align_kit import rundir
 from align_kit.data.tokenize import Tokenized
 from align_kit.engines import logprob_gap, make_rollout
 from align_kit.errors import AlignKitError
@@ -133,6 +134,8 @@ class PPOTrainer(UpdateMixin):
                                    self.acc.local_process_index)
         if cfg.resume:
             self._resume()
+        if self.acc.is_main_process:  # the log keeps the steps up to the checkpoint this run starts from
+            rundir.resume_log(self.output_dir, self.step_done)
 
     # ---- setup ------------------------------------------------------------------------------------
 
@@ -306,8 +309,7 @@ class PPOTrainer(UpdateMixin):
     def _log_metrics(self, metrics: dict) -> None:
         if not self.acc.is_main_process:
             return
-        with open(self.output_dir / "ppo_log.jsonl", "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(metrics) + "\n")
+        rundir.append_log(self.output_dir, metrics)
         critic = (f"  vf {metrics['value_loss']:.4f}  ev {metrics['explained_variance']:.3f}"
                   if "value_loss" in metrics else "")
         log.info("step %d/%d  score %.3f  kl %.3f  kl_coef %.4f  entropy %.3f  clip %.3f  approx_kl %.4f  "
@@ -319,14 +321,10 @@ class PPOTrainer(UpdateMixin):
 
     def save_checkpoint(self) -> Path:
         acc = self.acc
-        final = self.output_dir / f"checkpoint-{self.step_done}"
+        final = rundir.checkpoint_path(self.output_dir, self.step_done)
         tmp = final.with_name(final.name + ".tmp")
         if acc.is_main_process:
-            if tmp.exists():
-                import shutil
-
-                shutil.rmtree(tmp)
-            tmp.mkdir(parents=True)
+            rundir.staging(final)
         acc.wait_for_everyone()
         checkpoint.write_rng(tmp, acc.process_index)
         if acc.is_main_process:
@@ -336,7 +334,8 @@ class PPOTrainer(UpdateMixin):
                 optimizers.update(critic=self.opt_critic.state_dict(), sched_critic=self.sched_critic.state_dict())
                 critic_state = trainable_state(acc.unwrap_model(self.critic))
             state = {"step": self.step_done, "episodes": self.step_done * self.cfg.rows_per_process * acc.num_processes,
-                     "num_processes": acc.num_processes, "config": self.cfg.to_dict()}
+                     "num_processes": acc.num_processes, "config": self.cfg.to_dict(),
+                     rundir.MARKER_KEY: rundir.COMPLETE}
             checkpoint.write_files(tmp, trainable_state(acc.unwrap_model(self.policy)), critic_state, optimizers,
                                    self.kl_ctl.state_dict(), state)
         acc.wait_for_everyone()
@@ -347,10 +346,9 @@ class PPOTrainer(UpdateMixin):
         return final
 
     def _resume(self) -> None:
-        found = checkpoint.complete_checkpoints(self.output_dir)
-        if not found:
+        path = rundir.last_checkpoint(self.output_dir)
+        if path is None:
             return
-        path = found[-1]
         saved = checkpoint.read(path, self.acc.process_index)
         load_trainable_state(self.acc.unwrap_model(self.policy), saved["policy"])
         self.opt_policy.load_state_dict(saved["optimizers"]["policy"])
@@ -390,10 +388,8 @@ class PPOTrainer(UpdateMixin):
 
     def save_policy(self) -> Path:
         """Write ``model/`` (plain transformers weights, LoRA merged unless the base is 4-bit) and the tokenizer."""
-        from align_kit.stages import common
-
         self.acc.wait_for_everyone()
         # every rank: under FSDP / ZeRO-3 gathering the weights to save them is collective
-        common.save_final(self.policy, self.tokenizer, self.output_dir, accelerator=self.acc)
+        rundir.save_final(self.policy, self.tokenizer, self.output_dir, accelerator=self.acc)
         self.acc.wait_for_everyone()
-        return common.model_dir(self.output_dir)
+        return rundir.model_dir(self.output_dir)

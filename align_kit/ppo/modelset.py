@@ -24,18 +24,7 @@ import torch
 from torch import nn
 
 from align_kit.ppo.config import PPOConfig
-
-
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """``(B, L)`` positions that skip left padding, as ``generate`` computes them.
-
-    Every forward (rollout and update) passes these, so a left-padded prompt gives the same
-    log-probs whatever its padding.
-
-    >>> position_ids_from_mask(torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 0]])).tolist()
-    [[0, 0, 0, 1, 2], [0, 1, 2, 3, 3]]
-    """
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+from align_kit.ppo.forward import position_ids_from_mask, response_logits
 
 
 def _unwrap_peft(model: nn.Module) -> nn.Module:
@@ -119,8 +108,6 @@ class PPOModels:
                                   response_ids: torch.Tensor, response_mask: torch.Tensor,
                                   share_prompts: bool = True) -> torch.Tensor:
         """``(B, T, V)`` reference logits predicting each response token (see ``forward.response_logits``)."""
-        from align_kit.ppo.forward import response_logits
-
         args = (query_ids, query_mask, response_ids, response_mask)
         if self.reference is not None:
             return response_logits(self.reference, *args, share_prompts=share_prompts)

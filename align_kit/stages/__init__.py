@@ -1,35 +1,15 @@
-"""Stages. ``STAGES`` is the only registry: stage name -> module.
-
-Each stage module defines ``TRAINER_CONFIG`` (the config class the recipe's ``trainer:`` block fills),
-``OPTIONS`` (a dataclass for the block named after the stage, or None) and ``run(recipe) -> Path``.
+"""Stages: one module each (``pretrain``, ``sft``, ``reward``, ``dpo``, ``kto``, ``ppo``), each with
+``run(recipe) -> Path``. The registry is derived from this folder: ``align_kit.registry`` (``STAGES``,
+``get_stage``), which the recipe loader uses without importing this package.
 """
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
-from types import ModuleType
 
-from align_kit.errors import ConfigError
-from align_kit.families import closest
+from align_kit.registry import STAGES, get_stage
 
-STAGES = {
-    "pretrain": "align_kit.stages.pretrain",
-    "sft": "align_kit.stages.sft",
-    "reward": "align_kit.stages.reward",
-    "dpo": "align_kit.stages.dpo",
-    "kto": "align_kit.stages.dpo",
-    "ppo": "align_kit.stages.ppo",
-}
-
-
-def get_stage(name: str) -> ModuleType:
-    if name not in STAGES:
-        hint = closest(str(name), STAGES)
-        raise ConfigError(f"stage: unknown stage '{name}'" + (f" (did you mean '{hint}'?)" if hint else "")
-                          + f"; valid: {', '.join(STAGES)}")
-    module = importlib.import_module(STAGES[name])
-    return getattr(module, "KTO", module) if name == "kto" else module
+__all__ = ["STAGES", "get_stage", "run_stage"]
 
 
 def run_stage(recipe) -> Path:

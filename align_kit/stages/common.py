@@ -1,50 +1,30 @@
-"""Pieces every stage uses: output folders, checkpoint discovery, final save and evaluation record."""
+"""Pieces the Trainer-based stages share: the training call with resume, callbacks, row accounting.
+
+The run folder itself (checkpoints and what makes one complete, ``model/``, the files beside it) is
+``align_kit.rundir``; the names below are re-exported for the stages, defined there only.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
-import re
-import shutil
 from pathlib import Path
 
+from align_kit.rundir import (  # noqa: F401  (the stages' names for the run folder)
+    COMPLETE,
+    complete_checkpoints,
+    is_finished,
+    is_main_process,
+    is_sharded,
+    last_checkpoint,
+    model_dir,
+    save_final,
+    write_json,
+)
+from align_kit.trainer_defaults import trainer_defaults  # noqa: F401  (stages call common.trainer_defaults)
+
 log = logging.getLogger("align_kit")
-_CKPT = re.compile(r"^checkpoint-(\d+)$")
-COMPLETE = "align_kit_complete"  # marker written last: a checkpoint without it was cut short
-
-
-def trainer_defaults(recipe) -> dict:
-    """align_kit's defaults where the recipe's ``trainer:`` is silent (TRL's assume a bf16-capable GPU and
-    turn on gradient checkpointing; on other hardware that costs speed for nothing)."""
-    import torch
-
-    t = recipe.trainer
-    cuda = torch.cuda.is_available()
-    d = {
-        "bf16": t.get("bf16", cuda and torch.cuda.is_bf16_supported()),
-        "gradient_checkpointing": recipe.model.gradient_checkpointing,
-        "use_cpu": t.get("use_cpu", not cuda),
-        "report_to": t.get("report_to", "none"),
-        "save_only_model": t.get("save_only_model", False),
-        # The Trainer's default replaces a NaN/inf loss in the logs by the running mean, which would hide the
-        # fault from guards.NumericalGuard: log the real value.
-        "logging_nan_inf_filter": t.get("logging_nan_inf_filter", False),
-    }
-    if recipe.stage == "dpo":
-        # TRL's default (keep_start) cuts a long pair at its end, so the replies lose their end-of-turn
-        # token, and drops pairs whose prompt fills max_length uncounted; keep_end cuts the prompt instead
-        # (data.long_rows: drop then drops long pairs itself, counted: account_trl_rows)
-        d["truncation_mode"] = t.get("truncation_mode", "keep_end")
-    if d["gradient_checkpointing"]:
-        d["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
-    if recipe.stage == "reward" and not cuda and not {"per_device_train_batch_size", "gradient_accumulation_steps"} & set(t):
-        # RewardConfig's step of 8 pairs as 4 micro-batches of 2 pairs, each padded to its own longest sequence:
-        # the same gradient (TRL's reward loss is a mean over pairs and the Trainer divides each micro-batch's
-        # by 4), a quarter of the activations and less padding. On the benchmark this took the peak from 1.7 GB
-        # (above TRL's defaults with their checkpointing and bf16) to 0.9 GB, without recomputation.
-        d["per_device_train_batch_size"], d["gradient_accumulation_steps"] = 2, 4
-    return d
 
 
 def account_trl_rows(trainer, rows_in: int, how: str) -> dict:
@@ -69,39 +49,11 @@ def account_trl_rows(trainer, rows_in: int, how: str) -> dict:
     return counts
 
 
-def complete_checkpoints(output_dir: str | Path) -> list[Path]:
-    """Complete checkpoints in step order; incomplete ones (killed mid-write) are reported and skipped.
-
-    A checkpoint is complete when it holds the ``COMPLETE`` marker, which ``guards.AtomicCheckpoints``
-    writes after the Trainer finished every file of it (and only when its weights are finite).
-    """
-    out = Path(output_dir)
-    if not out.is_dir():
-        return []
-    found = []
-    for path in out.iterdir():
-        m = _CKPT.match(path.name)
-        if not m or not path.is_dir():
-            if path.name.startswith("checkpoint-") and path.name.endswith(".tmp"):
-                log.warning("skipping %s: incomplete (killed while writing?)", path.name)
-            continue
-        if not (path / COMPLETE).exists():
-            log.warning("skipping %s: incomplete (killed while writing?): no %s marker", path.name, COMPLETE)
-            continue
-        found.append((int(m.group(1)), path))
-    return [p for _, p in sorted(found)]
-
-
 def stage_callbacks(recipe) -> list:
     """Callbacks every Trainer-based stage passes: atomic checkpoints and the NaN/inf guard."""
     from align_kit.guards import callbacks
 
-    return callbacks(COMPLETE)
-
-
-def last_checkpoint(output_dir: str | Path) -> Path | None:
-    ckpts = complete_checkpoints(output_dir)
-    return ckpts[-1] if ckpts else None
+    return callbacks()
 
 
 def train(trainer, output_dir: str | Path, resume: Path | None = None) -> None:
@@ -177,60 +129,6 @@ def _tied_keys_filter(model) -> logging.Filter | None:
     return TiedKeys()
 
 
-def model_dir(output_dir: str | Path) -> Path:
-    """Folder of a finished stage that loads with plain transformers."""
-    return Path(output_dir) / "model"
-
-
-def is_finished(output_dir: str | Path) -> bool:
-    return (Path(output_dir) / "model" / COMPLETE).exists()
-
-
-def save_final(model, tokenizer, output_dir: str | Path, merge_lora: bool = True, accelerator=None) -> Path:
-    """Save the final model to ``output_dir/model`` atomically (write to a temp folder, then rename).
-
-    A LoRA model is saved twice: the adapter in ``adapter/`` and merged weights in ``model/`` so the result
-    loads with plain transformers; a quantised base cannot be merged exactly, so ``model/`` then holds the
-    adapter (loads with transformers + peft).
-
-    Call it on every process. Under FSDP or DeepSpeed each rank holds a shard of the weights, so the full
-    state dict is gathered first (a collective: every rank must take part), then rank 0 writes it. A LoRA
-    model trained sharded keeps its adapter in ``model/``: merging needs the whole base in one process, which
-    ``align-kit export`` does afterwards.
-    """
-    out = Path(output_dir)
-    final, tmp = out / "model", out / "model.tmp"
-    state_dict = None
-    if accelerator is not None:
-        if is_sharded(accelerator):
-            state_dict = accelerator.get_state_dict(model)
-        model = accelerator.unwrap_model(model)
-    if not is_main_process():
-        return final  # one writer; the others hold identical weights under DDP
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    is_peft = hasattr(model, "peft_config")
-    quantized = bool(getattr(getattr(model, "config", None), "quantization_config", None)) or getattr(
-        model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)
-    if is_peft:
-        model.save_pretrained(out / "adapter", safe_serialization=True, state_dict=state_dict)
-        tokenizer.save_pretrained(out / "adapter")
-    if is_peft and merge_lora and not quantized and state_dict is None:
-        import copy
-
-        merged = copy.deepcopy(model).merge_and_unload()
-        merged.save_pretrained(tmp, safe_serialization=True)
-    else:
-        if is_peft and merge_lora and state_dict is not None:
-            log.info("sharded LoRA run: model/ holds the adapter; merge it with `align-kit export`")
-        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
-    tokenizer.save_pretrained(tmp)
-    (tmp / COMPLETE).write_text("ok\n")
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    return final
-
-
 def check_processes_joined(accelerator) -> None:
     """Stop when a launcher started several processes that accelerate left unconnected, and say so when an
     FSDP or DeepSpeed config runs as plain data parallelism.
@@ -259,22 +157,3 @@ def check_processes_joined(accelerator) -> None:
         log.warning("the accelerate config asks for %s, but accelerate runs this launch as %s: parameters are "
                     "replicated, not sharded (accelerate shards only on GPUs)", asked[0],
                     accelerator.distributed_type.value)
-
-
-def is_sharded(accelerator) -> bool:
-    """True when the weights are split across ranks (FSDP, DeepSpeed), so saving them is collective."""
-    if accelerator is None:
-        return False
-    from accelerate.utils import DistributedType
-
-    return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
-
-
-def write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0

@@ -1,4 +1,4 @@
-"""DPO (and KTO) from an SFT checkpoint: preference pairs -> TRL's DPOTrainer / KTOTrainer.
+"""DPO (and KTO, ``stages/kto.py``) from an SFT checkpoint: preference pairs -> TRL's DPOTrainer / KTOTrainer.
 
 DPO's sigmoid loss for a pair (Rafailov et al. 2023), with log-probs summed over the response tokens:
 ``-log sigmoid(beta * ((log pi(y_c|x) - log ref(y_c|x)) - (log pi(y_r|x) - log ref(y_r|x))))``.
@@ -20,9 +20,8 @@ import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
-from trl import DPOConfig, KTOConfig
+from trl import DPOConfig
 
 from align_kit.errors import ConfigError
 from align_kit.stages import common
@@ -187,7 +186,7 @@ def build_trainer(recipe, trainer_cls, train_rows: list[dict], tokenizer, mode: 
 
 def _train(recipe, trainer_cls, train_rows: list[dict], eval_pairs: list[dict], data, tokenizer, mode: str) -> Path:
     from align_kit.evaluation import preference_eval
-    from align_kit.runlog import finish_run, start_run
+    from align_kit.rundir import finish_run, start_run
 
     out = Path(recipe.output_dir)
     run_info = start_run(recipe, data, extra={"reference": mode, "train_rows": len(train_rows)})
@@ -248,8 +247,3 @@ def run_kto(recipe) -> Path:
     train = [{k: r[k] for k in ("prompt", "completion", "label")} for r in train]
     eval_pairs = [r for r in data.eval if "chosen" in r]
     return _train(recipe, KTOTrainer, train, eval_pairs, data, tokenizer, mode)
-
-
-# ``stage: kto`` resolves to this namespace (see align_kit.stages.get_stage).
-KTO = SimpleNamespace(TRAINER_CONFIG=KTOConfig, OPTIONS=Options, VALIDATORS=VALIDATORS, run=run_kto,
-                      trainer_extras=trainer_extras)

@@ -192,7 +192,7 @@ def run(recipe) -> Path:
     from align_kit.ppo.loop import PPOTrainer
     from align_kit.ppo.modelset import build_models
     from align_kit.ppo.rewards import Rewarder, resolve_sources
-    from align_kit.runlog import start_run
+    from align_kit.rundir import finish_run, start_run
     from align_kit.stages import common
 
     opts, out = recipe.options, Path(recipe.output_dir)
@@ -261,9 +261,6 @@ def run(recipe) -> Path:
     evals["after"] = evaluate()
     if acc.is_main_process:
         log.info("ppo eval: before %s after %s", evals.get("before"), evals["after"])
-        common.write_json(out / "eval.json", evals)
-        from align_kit.runlog import _manifest
-
-        _manifest(run_info, evals)
+    finish_run(run_info, None, evals)  # the loop logged as it went: log_history.jsonl is read back for the report
     acc.wait_for_everyone()
     return out

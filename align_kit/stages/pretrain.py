@@ -255,7 +255,7 @@ def run(recipe) -> Path:
 
     from align_kit.data.blocks import collate_blocks
     from align_kit.models import load_model, load_tokenizer
-    from align_kit.runlog import finish_run, start_run
+    from align_kit.rundir import finish_run, start_run
 
     o, out = recipe.options, Path(recipe.output_dir)
     streaming = o.shards is not None

@@ -106,7 +106,7 @@ def run(recipe) -> Path:
 
     from align_kit.data.sources import load_data
     from align_kit.models import apply_lora, load_model, load_tokenizer
-    from align_kit.runlog import finish_run, start_run
+    from align_kit.rundir import finish_run, start_run
 
     out = Path(recipe.output_dir)
     use_finished_stage(recipe)
@@ -159,8 +159,9 @@ def save_plain(model, tokenizer, out: Path, recipe, accelerator=None) -> Path:
     final = common.save_final(model, tokenizer, out, merge_lora=True, accelerator=accelerator)
     if recipe.quantization is not None and recipe.peft is not None and common.is_main_process():
         from align_kit.export import load_merged, save_export
+        from align_kit.rundir import mark_complete
 
         merged, tok, _ = load_merged(out / "adapter", recipe.model.name_or_path)
         save_export(merged, tok, final, overwrite=True)
-        (final / common.COMPLETE).write_text("ok\n")
+        mark_complete(final)  # save_export replaced the folder whole: mark it again
     return final

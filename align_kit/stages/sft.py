@@ -148,7 +148,7 @@ def run(recipe) -> Path:
     from align_kit.data.packing import PackedCollator, pack_samples
     from align_kit.data.sources import load_data
     from align_kit.models import apply_lora, load_model, load_tokenizer
-    from align_kit.runlog import finish_run, start_run
+    from align_kit.rundir import finish_run, start_run
     from align_kit.template_check import require_served_format
 
     out = Path(recipe.output_dir)

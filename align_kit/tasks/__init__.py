@@ -30,7 +30,7 @@ def expand_path(path: str) -> str:
     >>> expand_path("${ALIGN_KIT_PACKAGE}/quickstart/sft_test.jsonl").endswith("align_kit/quickstart/sft_test.jsonl")
     True
     """
-    from align_kit.config import expand_env
+    from align_kit.envvars import expand_env
 
     return expand_env(str(path).replace("${ALIGN_KIT_PACKAGE}", PACKAGE.as_posix()))
 

@@ -23,8 +23,7 @@ import yaml
 
 STAGES = ("sft", "reward", "dpo", "ppo")
 MAX_STEPS, SAVE_STEPS = 8, 2
-MARKERS = {"ppo": "trainer_state.json"}  # PPO publishes a checkpoint by renaming checkpoint-N.tmp
-COMPLETE = "align_kit_complete"
+COMPLETE = "align_kit_complete"  # rundir.COMPLETE: every stage's checkpoints carry it (PPO's inside the rename)
 
 
 def make_bases(root: Path) -> dict[str, Path]:
@@ -116,7 +115,7 @@ def _appeared(out: Path, step: int) -> bool:
 
 
 def _complete(folder: Path, stage: str) -> bool:
-    return (folder / MARKERS.get(stage, COMPLETE)).exists()
+    return (folder / COMPLETE).exists()
 
 
 def run_killed(kill: Kill, recipe_file: Path, out: Path, log_file: Path) -> None:

@@ -62,7 +62,7 @@ def trained(model) -> dict[str, torch.Tensor]:
 
 
 def logs(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "ppo_log.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (out / "log_history.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.parametrize("estimator", ["grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"])

@@ -138,7 +138,7 @@ def test_short_run_trains_policy_and_critic_only(ckpts, tokenizer, tmp_path):
         assert len(moved) == len(before[role]), f"{role}: only {len(moved)} of {len(before[role])} tensors moved"
     assert all(torch.equal(p, before["ref"][n]) for n, p in models.reference.named_parameters())
     assert all(torch.equal(p, before["reward"][n]) for n, p in models.reward.named_parameters())
-    logs = [json.loads(line) for line in (tmp_path / "ppo_log.jsonl").read_text().splitlines()]
+    logs = [json.loads(line) for line in (tmp_path / "log_history.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logs] == [1, 2, 3]
     assert logs[0]["kl"] == 0.0 and all(0 < r["kl"] < 10 for r in logs[1:])  # identical at step 1, then finite
     for key in ("score", "entropy", "clip_fraction", "approx_kl", "policy_loss", "value_loss",
@@ -161,7 +161,7 @@ def test_target_kl_drops_the_updates_after_the_policy_moved_too_far(ckpts, token
     stopped = trainer_for(make_cfg(steps=2, target_kl=1e-9), ckpts, tokenizer, tmp_path / "stopped")
     before = trained(stopped.models.policy)
     stopped.train()
-    logs = {name: [json.loads(line) for line in (tmp_path / name / "ppo_log.jsonl").read_text().splitlines()]
+    logs = {name: [json.loads(line) for line in (tmp_path / name / "log_history.jsonl").read_text().splitlines()]
             for name in ("plain", "stopped")}
     assert [r["updates"] for r in logs["plain"]] == [2.0, 2.0]  # 2 epochs x 1 optimiser step
     assert [r["updates"] for r in logs["stopped"]] == [1.0, 1.0]
@@ -199,7 +199,7 @@ def test_lora_mode_on_4bit_bases(ckpts, tokenizer, tmp_path):
     assert isinstance(q_proj.base_layer, bnb.nn.Linear4bit) and q_proj.lora_A["default"].weight.dtype == torch.float32
     before = trained(trainer.models.policy)
     trainer.train()
-    log = json.loads((tmp_path / "ppo_log.jsonl").read_text())
+    log = json.loads((tmp_path / "log_history.jsonl").read_text())
     assert all(torch.isfinite(torch.tensor(log[k])) for k in ("kl", "policy_loss", "value_loss", "ptx_loss"))
     assert any(not torch.equal(p, before[n]) for n, p in trained(trainer.models.policy).items())
     assert (tmp_path / "model" / "adapter_config.json").exists()  # a 4-bit base is not merged
@@ -239,7 +239,7 @@ def test_ptx_term_pulls_the_policy_towards_the_demonstrations(ckpts, tokenizer, 
                              demonstrations=demos)
         trainer.train()
         after[coef] = demo_nll(models.policy, demos, tokenizer.pad_token_id)
-        logs = [json.loads(line) for line in (tmp_path / str(coef) / "ppo_log.jsonl").read_text().splitlines()]
+        logs = [json.loads(line) for line in (tmp_path / str(coef) / "log_history.jsonl").read_text().splitlines()]
         assert ("ptx_loss" in logs[0]) == (coef > 0)
     assert after[1.0] < start - 0.5 and after[1.0] < after[0.0] - 0.5, (start, after)
     models = build_models(make_cfg(), str(ckpts[0]), str(ckpts[1]), pad_token_id=tokenizer.pad_token_id)
@@ -343,7 +343,7 @@ def test_two_processes_under_accelerate_run_to_the_end_and_resume(ckpts, tmp_pat
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result == {"num_processes": 2, "steps": 4, "resumed_at": 2, "policy_moved": True,
                       "resume_identical": True, "ranks_agree": True}
-    assert "ignoring incomplete checkpoint checkpoint-4.tmp" in proc.stderr
+    assert "skipping checkpoint-4.tmp: incomplete" in proc.stderr  # rundir.complete_checkpoints, every rank
     for run in ("full", "cut"):
         assert (tmp_path / run / "model" / "model.safetensors").exists()
         assert sorted(p.name for p in (tmp_path / run).glob("rng_state_*.pt")) == []

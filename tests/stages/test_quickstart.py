@@ -123,7 +123,7 @@ def test_ppo_fixes_the_slip_from_the_reward_model_within_the_kl_limit(quickstart
 
     ev = _evals(quickstart, "ppo")
     before, after = ev["before"], ev["after"]
-    logs = [json.loads(line) for line in (quickstart / "ppo" / "ppo_log.jsonl").read_text().splitlines()]
+    logs = [json.loads(line) for line in (quickstart / "ppo" / "log_history.jsonl").read_text().splitlines()]
     limit = load_recipe(ROOT / "recipes/tiny/ppo.yaml", inputs=False).trainer_config().kl_limit
     print(f"PPO: reward {before['reward_mean']:+.3f} -> {after['reward_mean']:+.3f}, verifier "
           f"{before['verifier_accuracy']:.3f} -> {after['verifier_accuracy']:.3f} (sampled at the training "

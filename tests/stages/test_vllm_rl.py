@@ -31,7 +31,7 @@ def needs_vllm():
 
 
 def logs(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "ppo_log.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (out / "log_history.jsonl").read_text().splitlines()]
 
 
 def test_ppo_with_vllm_runs_to_the_end_and_resumes_after_a_kill(tmp_path, monkeypatch):

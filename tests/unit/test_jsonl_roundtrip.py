@@ -115,7 +115,7 @@ def test_run_log_and_manifest_round_trip(tmp_path):
     from align_kit.config import recipe_from_dict
     from align_kit.manifest import read_manifest, write_manifest
     from align_kit.report import read_log_history
-    from align_kit.runlog import RunInfo, finish_run
+    from align_kit.rundir import RunInfo, finish_run
 
     recipe = recipe_from_dict({"stage": "sft", "output_dir": str(tmp_path / "run"),
                                "model": {"name_or_path": "builtin:tiny-llama"},

@@ -105,3 +105,15 @@ def test_log_readers(tmp_path):
         read_log_history(bad)
     md = write_run_report(tmp_path / "empty", [], None).read_text()
     assert "No evaluations were run." in md and "No training metrics were logged." in md and not images(md)
+
+
+def test_run_report_plots_every_other_logged_value_that_changes(tmp_path):
+    # an RL log: entropy and response length move, kl_coef stays put, timings and counters are not training
+    log = [{"step": s, "score": 0.1 * s, "kl": 0.01 * s, "entropy": 2.0 - 0.1 * s, "response_length": 5 + s,
+            "kl_coef": 0.05, "time_generate": 0.3 + 0.01 * s, "updates": float(s)} for s in range(1, 6)]
+    md = write_run_report(tmp_path / "grpo", log, {"after": {"verifier_accuracy": 0.9}}).read_text()
+    linked = images(md)
+    assert linked == ["plots/reward.png", "plots/kl.png", "plots/log_entropy.png", "plots/log_response_length.png"]
+    for rel in linked:
+        assert_png(tmp_path / "grpo" / rel)
+    assert "| entropy | 5 | 1.9 | 1.5 | 1.5 | 1.9 |" in md and "kl_coef" not in md and "time_generate" not in md

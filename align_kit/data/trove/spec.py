@@ -18,8 +18,7 @@ from align_kit.config import build, parse_yaml
 from align_kit.data.clean import QualityThresholds
 from align_kit.data.dedup import MinHashConfig
 from align_kit.data.pii import PLACEHOLDERS
-from align_kit.errors import ConfigError
-from align_kit.families import closest
+from align_kit.errors import ConfigError, closest
 
 
 @dataclass
