@@ -1,5 +1,5 @@
-"""Print the installed versions of align_kit's dependency closure (with the dev and cluster extras) as pip
-constraints: ``python .ci/freeze_constraints.py > constraints.txt`` after a fresh ``pip install -e ".[dev]"``
+"""Print the installed versions of align_kit's dependency closure (with the dev, cluster and eval extras) as pip
+constraints: ``python .ci/freeze_constraints.py > constraints.txt`` after a fresh ``pip install -e ".[dev,cluster,eval]"``
 on the machine whose figures the README reports. Local version labels are dropped (``torch==2.13.0``
 matches the CPU and the CUDA builds alike)."""
 
@@ -15,7 +15,7 @@ def _norm(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def closure(root: str = "align_kit", extras: tuple[str, ...] = ("dev", "cluster")) -> dict[str, str]:
+def closure(root: str = "align_kit", extras: tuple[str, ...] = ("dev", "cluster", "eval")) -> dict[str, str]:
     versions: dict[str, str] = {}
     todo = [(root, list(extras))]
     while todo:
