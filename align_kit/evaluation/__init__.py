@@ -20,6 +20,7 @@ from align_kit.evaluation.generated import (
     generate_responses,
     prompts_from_records,
     side_by_side,
+    start_engine,
     task_accuracy,
     win_rate,
 )
@@ -36,5 +37,5 @@ from align_kit.evaluation.policy import PolicyEval, completion_logps, preference
 
 __all__ = ["TIE_RULE", "PolicyEval", "block_perplexity", "completion_logps", "generate_responses",
            "length_baseline_accuracy", "pairwise_accuracy", "pairwise_metrics", "perplexity", "preference_eval",
-           "prompts_from_records", "reward_accuracy", "reward_model_accuracy", "side_by_side", "task_accuracy",
-           "token_logprobs", "win_rate"]
+           "prompts_from_records", "reward_accuracy", "reward_model_accuracy", "side_by_side", "start_engine",
+           "task_accuracy", "token_logprobs", "win_rate"]

@@ -49,11 +49,50 @@ def prompts_from_records(records: Sequence[dict]) -> list[list[dict]]:
     return [prompt_of(r, i + 1) for i, r in enumerate(records)]
 
 
+def prompt_token_ids(tokenizer, prompts: Sequence[list[dict]]) -> list[list[int]]:
+    """Each conversation through the chat template with the generation prompt, tokenised as
+    :func:`align_kit.generation.generate` tokenises it (template text, then no added special tokens)."""
+    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    return [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
+
+
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """The ids greedy generation stops at: the model's generation config's ``eos_token_id`` (one or several), as
+    transformers' ``generate`` uses them, else the tokenizer's end-of-text token."""
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None]
+
+
+def start_engine(model, tokenizer, prompts: Sequence[list[dict]], max_new_tokens: int, python: str | None = None):
+    """A vLLM server (:class:`align_kit.engines.vllm_engine.VLLMEngine`) holding ``model``'s weights, sized for
+    the longest of ``prompts`` plus ``max_new_tokens``; close it when done (it is a context manager)."""
+    from align_kit.engines.vllm_engine import VLLMEngine
+
+    longest = max(map(len, prompt_token_ids(tokenizer, prompts)), default=1)
+    return VLLMEngine(model, max_model_len=longest + max_new_tokens, seed=0, python=python)
+
+
+def engine_responses(engine, model, tokenizer, prompts: Sequence[list[dict]], max_new_tokens: int) -> list[str]:
+    """Greedy responses from a vLLM ``engine`` given ``model``'s current weights first: the same prompt tokens,
+    stop ids and decoding as :func:`generate_responses` on transformers (tests/stages/test_vllm_engine.py checks
+    the two agree)."""
+    engine.sync(model)
+    ids = prompt_token_ids(tokenizer, prompts)
+    tokens, _ = engine.generate(ids, [0] * len(ids), max_new_tokens=max_new_tokens, temperature=0.0,
+                                stop_ids=stop_token_ids(model, tokenizer))
+    return tokenizer.batch_decode(tokens, skip_special_tokens=True)
+
+
 def generate_responses(model, tokenizer, prompts: Sequence[list[dict]], max_new_tokens: int = 32,
-                       batch_size: int = 32, desc: str = "generate") -> list[str]:
-    """Greedy responses to conversations, batch by batch with a progress bar."""
+                       batch_size: int = 32, desc: str = "generate", engine=None) -> list[str]:
+    """Greedy responses to conversations, batch by batch with a progress bar; with a vLLM ``engine``
+    (:func:`start_engine`) the engine answers them, with ``model``'s weights."""
     from align_kit.generation import generate
 
+    if engine is not None:
+        return engine_responses(engine, model, tokenizer, prompts, max_new_tokens)
     out: list[str] = []
     for start in progress(range(0, len(prompts), batch_size), desc, total=-(-len(prompts) // batch_size)):
         out += generate(model, tokenizer, list(prompts[start:start + batch_size]), max_new_tokens=max_new_tokens,
@@ -62,14 +101,14 @@ def generate_responses(model, tokenizer, prompts: Sequence[list[dict]], max_new_
 
 
 def win_rate(policy, reference, tokenizer, prompts: Sequence[list[dict]], score_fn: ScoreFn,
-             max_new_tokens: int = 32, reference_tokenizer=None, tie_margin: float = 0.0) -> dict:
+             max_new_tokens: int = 32, reference_tokenizer=None, tie_margin: float = 0.0, engine=None) -> dict:
     """Win rate of ``policy`` against ``reference`` on ``prompts``, both answering greedily, judged by ``score_fn``.
 
     Returns the metric's numbers plus ``samples`` (prompt, policy, reference and both scores per prompt).
     """
-    policy_out = generate_responses(policy, tokenizer, prompts, max_new_tokens, desc="policy")
+    policy_out = generate_responses(policy, tokenizer, prompts, max_new_tokens, desc="policy", engine=engine)
     reference_out = generate_responses(reference, reference_tokenizer or tokenizer, prompts, max_new_tokens,
-                                       desc="reference")
+                                       desc="reference", engine=engine)
     p_scores, r_scores = [], []
     for prompt, p, r in progress(list(zip(prompts, policy_out, reference_out)), "judge"):
         ps, rs = score_fn(prompt, [p, r])
@@ -82,12 +121,12 @@ def win_rate(policy, reference, tokenizer, prompts: Sequence[list[dict]], score_
 
 
 def task_accuracy(model, tokenizer, prompts: Sequence[list[dict]], verify: Callable[[str, str], bool] | str,
-                  max_new_tokens: int = 16) -> dict:
+                  max_new_tokens: int = 16, engine=None) -> dict:
     """Share of greedy answers ``verify(prompt_text, response)`` accepts (prompt text = the last user turn).
 
     ``verify`` may also be a ``module:function`` name or a builtin of the ``verifier_accuracy`` metric.
     """
-    responses = generate_responses(model, tokenizer, prompts, max_new_tokens, desc="verifier")
+    responses = generate_responses(model, tokenizer, prompts, max_new_tokens, desc="verifier", engine=engine)
     texts = [p[-1]["content"] for p in prompts]
     result = compute("verifier_accuracy", predictions=responses, references=texts, verifier=verify)
     return {**result, "responses": responses}
