@@ -63,13 +63,19 @@ def test_pipeline_report_shows_every_stage(quickstart):
 
 
 def test_rerun_reuses_finished_stages(quickstart, tmp_path):
+    """The pipeline run again over its finished folder reuses every stage. It runs over a copy: the shared
+    folder is read by the other tests of the session, and a rerun rewrites its report.md stage by stage."""
+    import shutil
+
     from align_kit.pipeline import run_pipeline
 
-    before = (quickstart / "ppo" / "model" / "model.safetensors").stat().st_mtime_ns
-    run_pipeline(ROOT / "recipes/tiny/pipeline.yaml", output_dir=str(quickstart))
-    summary = json.loads((quickstart / "pipeline.json").read_text())
+    copy = tmp_path / "quickstart"
+    shutil.copytree(quickstart, copy, symlinks=True)
+    before = (copy / "ppo" / "model" / "model.safetensors").stat().st_mtime_ns
+    run_pipeline(ROOT / "recipes/tiny/pipeline.yaml", output_dir=str(copy))
+    summary = json.loads((copy / "pipeline.json").read_text())
     assert [s["status"] for s in summary["stages"]] == ["done (reused)"] * 4
-    assert (quickstart / "ppo" / "model" / "model.safetensors").stat().st_mtime_ns == before
+    assert (copy / "ppo" / "model" / "model.safetensors").stat().st_mtime_ns == before
 
 
 def test_gate_stops_the_pipeline(quickstart, tmp_path):
