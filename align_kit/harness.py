@@ -24,6 +24,7 @@ import logging
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
@@ -52,6 +53,14 @@ class HarnessArgs:
 class EvaluationArgs:
     harness: HarnessArgs | None = None
     """lm-evaluation-harness tasks run on the stage's start model and on its trained model."""
+    engine: Literal["hf", "vllm"] | None = None
+    """What generates the stage's own evaluation answers (the verifier accuracy before and after training):
+    ``hf`` (transformers' generate) or ``vllm`` (a vLLM server from its own environment; align_kit.evaluation.engine).
+    None: an RL stage's rollout engine, else hf. Harness tasks always run on transformers."""
+    vllm_python: str | None = None
+    """The vLLM environment's python (None: $ALIGN_KIT_VLLM_PYTHON or <repo>/.venv-vllm)."""
+    kv_cache_gib: float = 1.0
+    """Memory the evaluation engine reserves for its KV cache (GiB)."""
 
 
 def require_lm_eval():

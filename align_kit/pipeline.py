@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from align_kit import harness_stage, rundir
@@ -91,6 +91,13 @@ def load_pipeline(path: str | Path) -> tuple[PipelineSpec, Path]:
             check_tasks(spec.evaluation.harness)
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
+    if spec.evaluation is not None and spec.evaluation.engine == "vllm":  # its environment, before any stage runs
+        from align_kit.engines.vllm_engine import vllm_python
+
+        try:
+            vllm_python(spec.evaluation.vllm_python, key="evaluation.vllm_python")
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
     return spec, path.parent
 
 
@@ -121,6 +128,20 @@ def check_gate(stage: StageSpec, out: Path) -> None:
     log.info("gate after %s: %s = %.4f passed", stage.name, g.metric, value)
 
 
+def stage_evaluation(evaluation: EvaluationArgs | None, stage: str) -> EvaluationArgs | None:
+    """The pipeline's ``evaluation:`` block as a stage without its own gets it: none for reward stages (they
+    answer no benchmark), and its engine only for the stages that answer with it (RL stages evaluate with
+    their rollout engine, pretraining generates nothing).
+
+    >>> block = EvaluationArgs(engine="vllm")
+    >>> stage_evaluation(block, "reward") is None, stage_evaluation(block, "dpo").engine, stage_evaluation(block, "ppo").engine
+    (True, 'vllm', None)
+    """
+    if evaluation is None or stage == "reward":
+        return None
+    return replace(evaluation, engine=evaluation.engine if stage in ("sft", "dpo", "kto") else None)
+
+
 def run_pipeline(path: str | Path, overrides: dict[str, list[str]] | None = None, output_dir: str | None = None,
                  only: list[str] | None = None) -> Path:
     """Run every stage in order; returns the pipeline output folder (with report.md)."""
@@ -135,8 +156,8 @@ def run_pipeline(path: str | Path, overrides: dict[str, list[str]] | None = None
         # a stage left out by --only is recorded, not run: its inputs (an earlier stage's folder) may not exist
         recipe = load_recipe(base / stage.recipe, [*stage.overrides, *(overrides or {}).get(stage.name, []), *extra],
                              inputs=not only or stage.name in only)
-        if spec.evaluation is not None and recipe.evaluation is None and recipe.stage != "reward":
-            recipe.evaluation = spec.evaluation
+        if recipe.evaluation is None:
+            recipe.evaluation = stage_evaluation(spec.evaluation, recipe.stage)
         if only and stage.name not in only:
             status = "skipped (not selected)"
         elif rundir.is_finished(out) and _same_run(stage, recipe, out):

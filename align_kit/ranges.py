@@ -41,6 +41,7 @@ RANGES = {
     "data.eval.weight": (lambda v: v > 0, "a positive, finite mixing weight"),
     "evaluation.harness.limit": (lambda v: v >= 1, "a positive number of documents (or no limit)"),
     "evaluation.harness.batch_size": _AT_LEAST_1,
+    "evaluation.kv_cache_gib": (lambda v: v > 0, "a positive number of GiB for the vLLM engine's KV cache"),
     # ---- trainer: transformers' TrainingArguments (every stage but ppo)
     "trainer.per_device_train_batch_size": _AT_LEAST_1,
     "trainer.per_device_eval_batch_size": _AT_LEAST_1,

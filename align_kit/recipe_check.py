@@ -42,6 +42,9 @@ def check_recipe(recipe, stage, inputs: bool = True) -> None:
     from align_kit.harness_stage import check_recipe as check_benchmarks
 
     check_benchmarks(recipe)  # evaluation.harness: tasks known, not on a reward model
+    from align_kit.evaluation.engine import check_recipe as check_evaluation_engine
+
+    check_evaluation_engine(recipe)  # evaluation.engine: a stage that generates, the rollout's in RL
     if inputs:
         check_inputs(recipe)
 

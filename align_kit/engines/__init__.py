@@ -66,6 +66,28 @@ def right_pad(rows: list[list], pad, width: int | None = None, dtype=torch.long)
     return torch.tensor([list(r) + [pad] * (width - len(r)) for r in rows], dtype=dtype)
 
 
+def sharded(distributed_type: str, zero_stage: int | None = None) -> bool:
+    """Whether an accelerate setup shards the parameters across processes (FSDP, DeepSpeed ZeRO-3).
+
+    >>> sharded("MULTI_GPU"), sharded("FSDP"), sharded("DEEPSPEED", 2), sharded("DEEPSPEED", 3)
+    (False, True, False, True)
+    """
+    return distributed_type == "FSDP" or (distributed_type == "DEEPSPEED" and zero_stage == 3)
+
+
+def refuse_sharded(accelerator, key: str) -> None:
+    """A vLLM engine is given one process's full weights; under FSDP / ZeRO-3 a process holds a shard, so the
+    engine would load a fraction of the model. One clear error before any model loads or engine starts."""
+    from align_kit.errors import ConfigError
+
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    kind = getattr(accelerator.distributed_type, "value", str(accelerator.distributed_type))
+    if sharded(kind, getattr(plugin, "zero_stage", None)):
+        raise ConfigError(f"{key}: vllm syncs each process's full weights into its own engine, and {kind} shards "
+                          "them across processes; expected a DDP or single-process launch (recipes/accelerate/"
+                          "ddp.yaml), or the hf engine")
+
+
 class HFRollout:
     """transformers' ``generate`` on the policy: no engine log-probs, nothing to sync."""
 
@@ -75,6 +97,10 @@ class HFRollout:
         from align_kit.ppo.rollout import generate
 
         return generate(policy, query_ids, query_mask, cfg, stop_ids, pad_id), None, {}
+
+    def engine_for(self, policy, step: int) -> None:
+        """No engine: the evaluation generates with the policy itself."""
+        return None
 
     def close(self) -> None:
         pass
@@ -91,6 +117,7 @@ class VLLMRollout:
         self.log_path, self.device_index = log_path, device_index
         self.engine = None
         self.synced_step: int | None = None
+        self.pending: dict[str, float] = {}  # start/sync seconds spent outside a rollout, logged with the next one
 
     def _ready(self, policy, step: int) -> dict:
         from align_kit.engines.vllm_engine import VLLMEngine
@@ -110,7 +137,8 @@ class VLLMRollout:
 
     def generate(self, policy, query_ids, query_mask, cfg, stop_ids, pad_id, step, process=0):
         """``(B, T)`` response ids, ``(B, T)`` engine log-probs (0 on padding) and the start/sync seconds."""
-        timings = self._ready(policy, step)
+        timings = {**self.pending, **self._ready(policy, step)}
+        self.pending = {}
         prompts = [row[mask.bool()].tolist() for row, mask in zip(query_ids.cpu(), query_mask.cpu())]
         tokens, logprobs = self.engine.generate(
             prompts, row_seeds(cfg.seed, step, process, len(prompts)), max_new_tokens=cfg.max_new_tokens,
@@ -118,6 +146,13 @@ class VLLMRollout:
         device = query_ids.device
         return (right_pad(tokens, pad_id).to(device), right_pad(logprobs, 0.0, dtype=torch.float32).to(device),
                 timings)
+
+    def engine_for(self, policy, step: int):
+        """The engine holding ``policy``'s weights as of ``step`` (started or synced first): the run's evaluations
+        generate with it. Its start or sync seconds are logged with the next rollout's."""
+        for key, seconds in self._ready(policy, step).items():
+            self.pending[key] = self.pending.get(key, 0.0) + seconds
+        return self.engine
 
     def close(self) -> None:
         if self.engine is not None:

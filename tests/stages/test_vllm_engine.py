@@ -229,3 +229,34 @@ def test_eval_refuses_an_engine_for_tasks_that_generate_nothing(tmp_path, capsys
     for task in ("perplexity", "reward"):
         assert main(["eval", str(tmp_path), "--task", task, "--data", str(data), "--engine", "vllm"]) == 2
         assert f"--engine vllm: --task {task} generates nothing" in capsys.readouterr().err
+
+
+def test_rl_evaluation_answers_through_the_engine_as_the_policy_does(engine, tokenizer, prompts, monkeypatch):
+    """The RL stage's before/after evaluation (``ppo.evaluate.evaluate_policy``) given the run's engine: the
+    greedy figures (verifier accuracy, ended share, mean length) equal those of the policy's own ``generate``,
+    the policy's ``generate`` is never called, and the sampled figures come from seeds fixed per row (a second
+    evaluation draws the same answers, as before and after must)."""
+    from types import SimpleNamespace
+
+    from align_kit.ppo.evaluate import evaluate_policy
+
+    model = llama(tokenizer, seed=5)
+    engine.sync(model)
+    texts = [tokenizer.decode(p[1:]) for p in prompts]
+
+    def verify(prompt: str, response: str) -> bool:  # a verdict that varies with the answer's text
+        return sum(map(ord, response)) % 2 == 0
+
+    models = SimpleNamespace(has_reward_model=False)
+    settings = dict(verify=verify, samples=3, temperature=1.0, seed=7)
+    hf = evaluate_policy(models, model, None, tokenizer, prompts, texts, [STOP], MAX_NEW, **settings)
+    calls = []
+    monkeypatch.setattr(model, "generate", lambda *a, **k: calls.append(1))
+    first = evaluate_policy(models, model, None, tokenizer, prompts, texts, [STOP], MAX_NEW, engine=engine, **settings)
+    second = evaluate_policy(models, model, None, tokenizer, prompts, texts, [STOP], MAX_NEW, engine=engine,
+                             **settings)
+    assert not calls
+    greedy = ("verifier_accuracy", "ended", "response_length", "prompts")
+    assert {k: first[k] for k in greedy} == {k: hf[k] for k in greedy}
+    assert 0 < hf["verifier_accuracy"] < 1 and hf["response_length"] > 1  # figures that can differ
+    assert first == second and first["samples_per_prompt"] == 3 and "sampled_verifier_accuracy" in first

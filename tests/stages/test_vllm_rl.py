@@ -64,20 +64,29 @@ def test_ppo_with_vllm_runs_to_the_end_and_resumes_after_a_kill(tmp_path, monkey
 def test_grpo_with_vllm_lifts_the_quickstart_verifier(quickstart, tmp_path):
     """recipes/tiny/grpo.yaml with rollout.engine vllm and a TIS cap of 2: held-out greedy verifier accuracy rises
     by the margin the hf engine's test asks (0.05; over seeds hf lifted it by +0.091 to +0.271), the engine and
-    policy agree on their samples' log-probs, and the engine process is gone at the end."""
+    policy agree on their samples' log-probs, and the engine process is gone at the end. The before/after
+    evaluation generates through the run's engine: before training it gives the SFT model the accuracy
+    transformers gave it on the same held-out prompts (the SFT stage's eval.json), and its sampled figures
+    (2 answers per prompt) come from the engine too."""
     from align_kit.config import load_recipe
     from align_kit.stages import run_stage
 
     recipe = load_recipe(HERE.parents[1] / "recipes" / "tiny" / "grpo.yaml",
                          [f"model.name_or_path={quickstart / 'sft'}", f"output_dir={tmp_path}",
-                          "trainer.rollout={engine: vllm, tis_cap: 2.0, kv_cache_gib: 0.0625}", "trainer.logging_steps=1"])
+                          "trainer.rollout={engine: vllm, tis_cap: 2.0, kv_cache_gib: 0.0625}", "trainer.logging_steps=1",
+                          "ppo.eval_samples=2"])
     assert recipe.trainer_config().rollout.engine == "vllm"
     out = run_stage(recipe)
     evals = json.loads((out / "eval.json").read_text())
     before, after = evals["before"]["verifier_accuracy"], evals["after"]["verifier_accuracy"]
     assert after >= before + 0.05, (before, after)
+    assert evals["generated_by"] == "vllm"
+    assert before == json.loads((quickstart / "sft" / "eval.json").read_text())["after"]["verifier_accuracy"]
+    assert all(evals[k]["samples_per_prompt"] == 2 and 0 < evals[k]["sampled_verifier_accuracy"] <= 1
+               for k in ("before", "after"))
     rows = logs(out)
     assert len(rows) == 120 and max(r["engine_logprob_diff"] for r in rows) < 1e-3
+    assert "time_engine_start" in rows[0]  # started by the evaluation before training, logged with step 1
     print(f"vllm GRPO: verifier {before:.3f} -> {after:.3f}; sync median "
           f"{sorted(r['time_sync'] for r in rows[1:])[59]:.3f} s; generate median "
           f"{sorted(r['time_generate'] for r in rows)[60]:.3f} s")
