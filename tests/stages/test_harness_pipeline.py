@@ -116,6 +116,7 @@ def test_model_card_lists_benchmarks_beside_contamination(run, tmp_path):
     n = json.loads((root / "sft" / "harness.json").read_text())["contamination"]["village_quiz"]["training_rows"]
     assert "| sft | village_quiz | acc |" in card and f"2 / {n} (" in card
     assert "| dpo | village_quiz | acc |" in card and "| base | quickstart_tasks | acc |" in card
+    assert "| dpo | quickstart_choice | acc_norm |" in card  # a multiple-choice task's second metric too
 
 
 def test_changing_the_benchmarks_rescores_without_retraining(run):
