@@ -39,7 +39,8 @@ RESULTS = "harness.json"
 class HarnessArgs:
     tasks: list[str]
     """Harness task, group or tag names: align_kit's (quickstart_tasks, flan_cot_creak, flan_cot_strategyqa,
-    flan_cot_qasc, gsm8k_local), your own (``include``), or the harness's."""
+    flan_cot_qasc, gsm8k_local; multiple choice: quickstart_choice, flan_choice_creak, flan_choice_strategyqa),
+    your own (``include``), or the harness's."""
     include: list[str] = field(default_factory=list)
     """Folders of your own task YAMLs (e.g. a standard task pointed at a local copy of its data)."""
     limit: int | None = None
@@ -85,8 +86,8 @@ def _names_in(folders: list[Path]) -> dict[str, list[Path]]:
     """Task, group and tag names declared in the YAML files under ``folders``: a text scan, a second for the
     harness's ~14,000 files where building its full index takes half a minute.
 
-    >>> sorted(_names_in([_task_dir()]))[:3]
-    ['flan_cot', 'flan_cot_creak', 'flan_cot_qasc']
+    >>> sorted(_names_in([_task_dir()]))[:4]  # tags too
+    ['flan_choice', 'flan_choice_creak', 'flan_choice_strategyqa', 'flan_cot']
     """
     names: dict[str, list[Path]] = {}
     for folder in folders:
@@ -150,6 +151,14 @@ def _check_local_data(name: str, path: Path) -> None:
         raise ConfigError(f"evaluation.harness: task '{name}': data file {expand_path(data_file)} is missing (the "
                           f"task gives {data_file}); expected a local file: put the data there, set the "
                           "environment variable the path names, or edit dataset_kwargs.data_file")
+    if isinstance(raw, dict) and raw.get("custom_dataset") == "align_kit.tasks.local_choices":
+        # a multiple-choice task's rows are read now: an answer outside its choices stops the recipe at load
+        from align_kit.tasks import choice_documents
+
+        try:
+            choice_documents(**raw.get("dataset_kwargs") or {})
+        except (AlignKitError, TypeError) as exc:
+            raise ConfigError(f"evaluation.harness: task '{name}': {exc}") from None
 
 
 def load_tasks(args: HarnessArgs) -> dict:
@@ -197,7 +206,8 @@ def _metrics(result: dict) -> dict[str, float]:
 def evaluate_model(model, tokenizer, args: HarnessArgs, tasks: dict | None = None,
                    with_responses: bool = False) -> dict[str, dict]:
     """``{task: {metric: value, "documents": n}}`` for an in-process model (greedy, offline); with
-    ``with_responses`` each task also carries its filtered responses in document order."""
+    ``with_responses`` each task also carries, in document order, its filtered responses (a multiple-choice
+    task's: each choice's summed log-likelihood) and ``per_document``: each metric's value per document."""
     lm_eval = require_lm_eval()
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
@@ -220,7 +230,12 @@ def evaluate_model(model, tokenizer, args: HarnessArgs, tasks: dict | None = Non
         scores["documents"] = int(result.get("n-samples", {}).get(name, {}).get("effective", 0))
         if with_responses:
             samples = sorted(result["samples"][name], key=lambda s: s["doc_id"])
-            scores["responses"] = [s["filtered_resps"][0] for s in samples]
+            if tasks[name].OUTPUT_TYPE == "multiple_choice":  # one (log-likelihood, is greedy) per choice
+                scores["responses"] = [[float(ll) for ll, _ in s["filtered_resps"]] for s in samples]
+            else:
+                scores["responses"] = [s["filtered_resps"][0] for s in samples]
+            scores["per_document"] = {m: [float(s[m]) for s in samples] for m in samples[0]["metrics"]} \
+                if samples else {}
         out[name] = scores
     return out
 

@@ -168,7 +168,7 @@ def section(runs: list[tuple[str, dict]]) -> list[str]:
             before = (result.get("before") or {}).get(task, {})
             overlap = (result.get("contamination") or {}).get(task, {})
             for metric, value in after.items():
-                if metric in ("documents", "responses"):
+                if metric in ("documents", "responses") or not isinstance(value, (int, float)):
                     continue
                 prior = before.get(metric)
                 lines.append(f"| {stage} | {task} | {metric} | {after.get('documents', '-')} | "

@@ -12,13 +12,19 @@ same rows and checks answers the same way as align_kit's verifier metrics and RL
   that name (:data:`align_kit.ppo.rewards.VERIFIERS`), as metric ``acc``.
 
 A document is ``{"question": <last user turn>, "answer": <reference answer>}``.
+
+Multiple-choice (log-likelihood) tasks read the same rows through ``custom_dataset: !function
+align_kit.tasks.local_choices`` with a ``choices`` setting: a fixed list (``["no", "yes"]``, quoted: YAML
+reads a bare yes/no as a boolean) or ``quickstart`` (each quickstart prompt's whole answer set,
+:func:`quickstart_choices`). Their documents add ``"choices"`` and ``"label"`` (the index of the reference
+answer among them), and the harness scores each choice by its summed log-likelihood (``acc``, ``acc_norm``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from align_kit.errors import ConfigError
+from align_kit.errors import ConfigError, DataError, describe
 
 PACKAGE = Path(__file__).resolve().parents[1]
 TASK_DIR = Path(__file__).resolve().parent
@@ -71,6 +77,62 @@ def local_prompts(data_file: str, format: str = "auto", test_rows: int | None = 
     import datasets
 
     return {"test": datasets.Dataset.from_list(prompt_documents(data_file, format, test_rows))}
+
+
+def quickstart_choices(prompt: str) -> list[str]:
+    """Every answer a quickstart prompt of this kind can have, in a fixed order: yes/no, the word lengths the
+    generator draws, or the word's distinct letters. The right answer is always among them.
+
+    >>> quickstart_choices("Contains z? lazy"), quickstart_choices("Length: abcd"), quickstart_choices("Last letter: abca")
+    (['no', 'yes'], ['3', '4', '5', '6'], ['a', 'b', 'c'])
+    """
+    from align_kit.quickstart.tasks import MAX_LETTERS, MIN_LETTERS, kind_of
+
+    kind = kind_of(prompt).split(",")[0]
+    if kind == "contains":
+        return ["no", "yes"]
+    if kind == "length":
+        return [str(n) for n in range(MIN_LETTERS, MAX_LETTERS + 1)]
+    return sorted(set(prompt.partition(": ")[2]))
+
+
+def _choice_list(choices) -> list[str] | str:
+    if choices == "quickstart":
+        return choices
+    if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
+        raise ConfigError(f"dataset_kwargs.choices: expected 'quickstart' or a list of at least two quoted "
+                          f"strings (YAML reads a bare yes/no as a boolean), found {choices!r}")
+    return choices
+
+
+def choice_documents(data_file: str, format: str = "auto", test_rows: int | None = None,
+                     choices: list[str] | str = "quickstart") -> list[dict]:
+    """:func:`prompt_documents` with ``"choices"`` and ``"label"`` (the reference answer's index among them); a
+    row whose answer is not one of its choices is a DataError naming its row in the file."""
+    choices = _choice_list(choices)
+    docs = prompt_documents(data_file, format)
+    first = len(docs) - len(held_out(docs, test_rows))  # the file's rows before the test rows
+    out = []
+    for row, doc in enumerate(docs[first:], start=first + 1):
+        try:
+            options = quickstart_choices(doc["question"]) if choices == "quickstart" else list(choices)
+        except ValueError:
+            raise DataError(expand_path(data_file), row, "question", describe(doc["question"]),
+                            "a quickstart prompt ('Contains z? ...', 'Length: ...', 'Last letter: ...')") from None
+        if doc["answer"] not in options:
+            raise DataError(expand_path(data_file), row, "answer", describe(doc["answer"]),
+                            f"one of the task's choices {options}")
+        out.append({**doc, "choices": options, "label": options.index(doc["answer"])})
+    return out
+
+
+def local_choices(data_file: str, format: str = "auto", test_rows: int | None = None,
+                  choices: list[str] | str = "quickstart", **_metadata) -> dict:
+    """The ``custom_dataset`` hook of the multiple-choice tasks: ``{"test": Dataset}`` of
+    :func:`choice_documents`."""
+    import datasets
+
+    return {"test": datasets.Dataset.from_list(choice_documents(data_file, format, test_rows, choices))}
 
 
 def _score(verifier: str):

@@ -38,7 +38,8 @@ def run(tmp_path_factory):
     (tmp / "pref_train.jsonl").write_text("".join(_lines(QS / "pref_train.jsonl", 64)), encoding="utf-8")
     (tmp / "pref_test.jsonl").write_text("".join(_lines(QS / "pref_test.jsonl", 8)), encoding="utf-8")
     spec = {"output_dir": str(tmp / "run"), "title": "harness pipeline",
-            "evaluation": {"harness": {"tasks": ["quickstart_tasks", "village_quiz"], "include": [str(include)],
+            "evaluation": {"harness": {"tasks": ["quickstart_tasks", "village_quiz", "quickstart_choice"],
+                                       "include": [str(include)],
                                        "limit": 24}},
             "stages": [
                 {"name": "sft", "recipe": str(ROOT / "recipes/tiny/sft.yaml"),
@@ -83,6 +84,29 @@ def test_harness_accuracy_equals_the_stages_verifier_metric(run):
     assert harness_acc == pytest.approx(evals["after"]["verifier_accuracy"])
 
 
+def test_a_multiple_choice_task_reports_acc_and_acc_norm(run):
+    """quickstart_choice (log-likelihood) beside the generated tasks: both metrics before and after, in
+    report.md and evals.json, a gate can read acc_norm, and its prompts are too short for the overlap rule."""
+    from align_kit.pipeline import Gate, GateFailed, StageSpec, check_gate
+
+    _, root = run
+    sft = json.loads((root / "sft" / "harness.json").read_text())
+    for when in ("before", "after"):
+        assert set(sft[when]["quickstart_choice"]) == {"acc", "acc_norm", "documents"}
+        assert sft[when]["quickstart_choice"]["documents"] == 24
+    report = (root / "report.md").read_text()
+    for metric in ("acc", "acc_norm"):
+        value = sft["after"]["quickstart_choice"][metric]
+        assert f"| sft | quickstart_choice | {metric} | 24 | " in report and f" | {value:.4g} | not measurable" in report
+    records = json.loads((root / "sft" / "evals.json").read_text())
+    assert {(r["stage"], r["metric"]) for r in records if r.get("dataset") == "quickstart_choice"} == \
+        {(s, m) for s in ("before", "after") for m in ("acc", "acc_norm")}
+    assert sft["contamination"]["quickstart_choice"]["indexed_documents"] == 0
+    gate = Gate(metric="harness.after.quickstart_choice.acc_norm", min=1.01)
+    with pytest.raises(GateFailed, match=r"harness.after.quickstart_choice.acc_norm = [0-9.]+, required >= 1.01"):
+        check_gate(StageSpec(name="sft", recipe="sft.yaml", gate=gate), root / "sft")
+
+
 def test_model_card_lists_benchmarks_beside_contamination(run, tmp_path):
     from align_kit.modelcard import card_from_run
 
@@ -92,6 +116,7 @@ def test_model_card_lists_benchmarks_beside_contamination(run, tmp_path):
     n = json.loads((root / "sft" / "harness.json").read_text())["contamination"]["village_quiz"]["training_rows"]
     assert "| sft | village_quiz | acc |" in card and f"2 / {n} (" in card
     assert "| dpo | village_quiz | acc |" in card and "| base | quickstart_tasks | acc |" in card
+    assert "| dpo | quickstart_choice | acc_norm |" in card  # a multiple-choice task's second metric too
 
 
 def test_changing_the_benchmarks_rescores_without_retraining(run):
