@@ -10,7 +10,8 @@ real run reject the same recipes, before any model, tokenizer or data loads.
 3. runs the stage's validators and the compatibility rules (:mod:`align_kit.compat`);
 4. checks the recipe's inputs on this machine: the model folder (and that it ships no code the recipe does not
    trust), the reward model, every data source (card, split, file, format for the stage), verifier and reward
-   function modules, token files and shard folders. A Hub id cannot be checked offline and is left to the load.
+   function modules, token files and shard folders. A Hub model id must be in the local Hugging Face cache when
+   the Hub is off (``HF_HUB_OFFLINE``); online, whether the Hub has it is left to the load (no network here).
 
 Each error is one line naming the key, the value found and what was expected.
 """
@@ -155,6 +156,7 @@ def check_inputs(recipe) -> None:
     if recipe.stage in CHAINED_STAGES and name != BUILTIN and stage_model_folder(name) is not None:
         name = str(stage_model_folder(name))
     check_source(dataclasses.replace(model, name_or_path=name))
+    check_hub_cache("model.name_or_path", name, model.revision)
     if recipe.stage == "ppo" and opts.reward_model:
         check_source(dataclasses.replace(model, name_or_path=str(stage_model_folder(opts.reward_model))))
     _check_family(model, name)
@@ -166,6 +168,29 @@ def check_inputs(recipe) -> None:
         for split in ("train", "eval"):
             for i, src in enumerate(getattr(recipe.data, split)):
                 check_source_input(src, f"data.{split}[{i}]", kind, recipe.stage, for_training=split == "train")
+
+
+def check_hub_cache(key: str, name: str, revision: str | None = None) -> None:
+    """With the Hub off (``HF_HUB_OFFLINE=1``), a model id that is neither a local folder nor in the local Hugging
+    Face cache cannot load: say so now, naming the key, instead of when the tokenizer loads. The cache is read
+    with ``try_to_load_from_cache`` (files on disk only; a checkpoint has config.json, a LoRA adapter
+    adapter_config.json); online nothing is checked here, and the load downloads what is missing."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    from align_kit.models import BUILTIN
+
+    if name == BUILTIN or Path(name).expanduser().exists() or not constants.is_offline_mode():
+        return
+    for filename in ("config.json", "adapter_config.json"):
+        try:
+            if isinstance(try_to_load_from_cache(name, filename, revision=revision), str):
+                return
+        except Exception:  # not a valid repository id: it cannot be in the cache either
+            break
+    at = f" at revision {revision!r}" if revision else ""
+    raise ConfigError(f"{key}: expected a local checkpoint folder or a Hub id in the local Hugging Face cache, found "
+                      f"{name!r}{at}, which is neither, and HF_HUB_OFFLINE is set so it cannot be downloaded: run "
+                      f"once online (without HF_HUB_OFFLINE) to cache it, or set {key} to a local folder")
 
 
 def _check_modules(recipe) -> None:

@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+from align_kit.data.io import write_text
 from align_kit.errors import DataError
 
 # (file stem, title, y label, log keys): a plot is drawn when any of its keys was logged.
@@ -249,10 +250,8 @@ def write_run_report(run_dir: str | Path, log_history: str | Path | Sequence[Map
     lines = [f"# {title or root.name}", "", "## Evaluation", "",
              eval_table(records) if records else "No evaluations were run.", "", "## Training", ""]
     lines += _stage_section(root, title or root.name, history, "")
-    (root / "evals.json").write_text(json.dumps(records, indent=2) + "\n", encoding="utf-8")
-    path = root / "report.md"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    write_text(root / "evals.json", json.dumps(records, indent=2) + "\n")
+    return write_text(root / "report.md", "\n".join(lines) + "\n")
 
 
 def write_pipeline_report(out_dir: str | Path, stages: Sequence[Mapping], title: str = "Pipeline report") -> Path:
@@ -292,7 +291,7 @@ def write_pipeline_report(out_dir: str | Path, stages: Sequence[Mapping], title:
     for i, (stage, history) in enumerate(zip(stages, histories), 1):
         lines += ["", f"## Stage {i}: {stage['name']}", ""]
         lines += _stage_section(root, str(stage["name"]), history, f"{i:02d}_{_slug(str(stage['name']))}_")
-    (root / "evals.json").write_text(json.dumps(evals, indent=2) + "\n", encoding="utf-8")
-    path = root / "report.md"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    # Both replaced whole (temp file + rename): a pipeline rewrites them after every stage, and a reader meanwhile
+    # (another process, a test reading the session's quickstart folder) must see a whole report, never a cut one.
+    write_text(root / "evals.json", json.dumps(evals, indent=2) + "\n")
+    return write_text(root / "report.md", "\n".join(lines) + "\n")

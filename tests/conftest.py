@@ -38,30 +38,44 @@ def shared() -> Path:
     return SHARED
 
 
-def _quickstart_inputs_hash() -> str:
-    import hashlib
+def _pipeline_finished(root: Path, pipeline: Path) -> bool:
+    """Whether the last pipeline run into ``root`` ran every stage of ``pipeline`` to the end: its pipeline.json
+    (written after report.md, after each stage) lists them all as done. A folder holding every stage's model can
+    still carry the report of a run that stopped after its first stage (a rerun cut short)."""
+    import json
 
-    repo = Path(__file__).resolve().parents[1]
-    digest = hashlib.sha256()
-    files = sorted([*repo.glob("align_kit/**/*.py"), *repo.glob("align_kit/quickstart/*.jsonl"),
-                    *repo.glob("align_kit/templates/*"), *repo.glob("recipes/tiny/*.yaml")])
-    for f in files:
-        digest.update(f.relative_to(repo).as_posix().encode() + f.read_bytes())
-    return digest.hexdigest()[:12]
+    import yaml
+
+    if not (root / "pipeline.json").is_file():
+        return False
+    stages = json.loads((root / "pipeline.json").read_text())["stages"]
+    names = [s["name"] for s in yaml.safe_load(pipeline.read_text())["stages"]]
+    return [s["name"] for s in stages] == names and all(s["status"].startswith("done") for s in stages)
 
 
 @pytest.fixture(scope="session")
 def quickstart(tmp_path_factory) -> Path:
     """The quickstart pipeline (SFT -> reward -> DPO -> PPO on the builtin model), run once per test session
-    and shared by all test processes (file-locked): the acceptance tests of each stage read its outputs."""
+    and shared by that session's test processes (file-locked): the acceptance tests of each stage read its
+    outputs, and none may write into it (a rerun test works on a copy).
+
+    The folder is the session's own (pytest's numbered base folder, which xdist's workers share). Sessions run
+    without xdist used to share one folder, keyed by a hash of the code, across sessions: two sessions on the same
+    code (two worktrees of one commit) read and rewrote it at once, and a rerun over it rewrote report.md stage by
+    stage, so the other session could read a one-stage report (and every later session found 'done (reused)').
+    """
+    import os
+
     from filelock import FileLock
 
     from align_kit.pipeline import run_pipeline
 
-    # Shared between the xdist workers of one session; keyed by the code, recipes and data that produce it, so
-    # a run without xdist (whose base temp's parent outlives the session) never reads a stale pipeline.
-    root = tmp_path_factory.getbasetemp().parent / f"quickstart-{_quickstart_inputs_hash()}"
+    pipeline = Path(__file__).resolve().parents[1] / "recipes/tiny/pipeline.yaml"
+    session = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # a worker's base folder is <session>/popen-gwN
+        session = session.parent
+    root = session / "quickstart"
     with FileLock(str(root) + ".lock"):
-        if not (root / "pipeline.json").exists() or not (root / "ppo" / "model").exists():
-            run_pipeline(Path(__file__).resolve().parents[1] / "recipes/tiny/pipeline.yaml", output_dir=str(root))
+        if not _pipeline_finished(root, pipeline):  # a half-run folder resumes: finished stages are reused
+            run_pipeline(pipeline, output_dir=str(root))
     return root

@@ -94,6 +94,30 @@ def write_jsonl(path: str | Path, rows: Iterable, mode: int | None = None) -> in
     return n
 
 
+def write_text(path: str | Path, text: str) -> Path:
+    r"""Replace ``path``'s content with ``text`` (UTF-8) atomically: written to a temp file beside it, then renamed
+    over it. A reader, in this process or another, sees the old file or the new one, never a truncated one
+    (``Path.write_text`` truncates first: a report read while it is rewritten can come back empty or cut).
+    The temp name carries the process and thread, so two writers never share one.
+
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> write_text(folder / "r.md", "one\n").read_text(), sorted(p.name for p in folder.iterdir())
+    ('one\n', ['r.md'])
+    """
+    import threading
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def split_lines(text: str) -> list[str]:
     r"""Lines split on ``"\n"`` only (a trailing ``"\r"`` dropped); U+2028 and friends stay inside a line.
 

@@ -1,4 +1,5 @@
-"""DPO (and KTO, ``stages/kto.py``) from an SFT checkpoint: preference pairs -> TRL's DPOTrainer / KTOTrainer.
+"""DPO from an SFT checkpoint: preference pairs -> TRL's DPOTrainer. KTO (``stages/kto.py``) shares this module's
+options, reference handling, checks and training path (``build_trainer``, ``train_and_evaluate``).
 
 DPO's sigmoid loss for a pair (Rafailov et al. 2023), with log-probs summed over the response tokens:
 ``-log sigmoid(beta * ((log pi(y_c|x) - log ref(y_c|x)) - (log pi(y_r|x) - log ref(y_r|x))))``.
@@ -32,7 +33,6 @@ TRAINER_CONFIG = DPOConfig
 # Every loss DPOTrainer._compute_loss implements in TRL 1.16 (a test re-reads TRL's source to keep this true).
 LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
               "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
-KTO_LOSS_TYPES = ("kto", "apo_zero_unpaired")
 REFERENCES = ("auto", "copy", "adapter", "precomputed")
 
 
@@ -66,8 +66,8 @@ def reference_mode(recipe) -> str:
     return mode
 
 
-def _check(recipe) -> None:
-    valid = KTO_LOSS_TYPES if recipe.stage == "kto" else LOSS_TYPES
+def check_options(recipe, valid: tuple[str, ...]) -> None:
+    """The checks DPO and KTO share; ``valid`` is the stage's loss names (TRL's DPO or KTO trainer)."""
     losses = recipe.trainer.get("loss_type", valid[0])
     for name in [losses] if isinstance(losses, str) else losses:
         if name not in valid:
@@ -79,6 +79,10 @@ def _check(recipe) -> None:
     if recipe.data is None:
         raise ConfigError(f"data: the {recipe.stage} stage needs preference data (data.train)")
     reference_mode(recipe)
+
+
+def _check(recipe) -> None:
+    check_options(recipe, LOSS_TYPES)
 
 
 VALIDATORS = (_check,)
@@ -184,7 +188,9 @@ def build_trainer(recipe, trainer_cls, train_rows: list[dict], tokenizer, mode: 
                        callbacks=common.stage_callbacks(recipe))
 
 
-def _train(recipe, trainer_cls, train_rows: list[dict], eval_pairs: list[dict], data, tokenizer, mode: str) -> Path:
+def train_and_evaluate(recipe, trainer_cls, train_rows: list[dict], eval_pairs: list[dict], data, tokenizer,
+                       mode: str) -> Path:
+    """Train ``train_rows`` with ``trainer_cls``; evaluate ``eval_pairs`` before and after; write the run folder."""
     from align_kit.evaluation import preference_eval
     from align_kit.evaluation.engine import evaluation_engine, stage_engine
     from align_kit.rundir import finish_run, start_run
@@ -237,23 +243,5 @@ def run(recipe) -> Path:
             raise ConfigError(f"data ({split}): unpaired rows (prompt, completion, label) need stage: kto")
     keep = ("prompt", "chosen", "rejected")  # TRL's DPO ignores margin; keep the rows hashable and minimal
     train = [{k: r[k] for k in keep} for r in data.train]
-    return _train(recipe, DPOTrainer, train, data.eval, data, tokenizer, mode)
+    return train_and_evaluate(recipe, DPOTrainer, train, data.eval, data, tokenizer, mode)
 
-
-def run_kto(recipe) -> Path:
-    """KTO (Ethayarajh et al. 2024) on unpaired rows; paired rows are split into a desirable and an
-    undesirable example each. Held-out evaluation needs pairs, so it runs only when the eval rows are paired."""
-    from trl import KTOTrainer
-
-    from align_kit.data.preference import to_unpaired
-    from align_kit.data.sources import load_data
-    from align_kit.models import load_tokenizer
-
-    mode = reference_mode(recipe)
-    use_finished_stage(recipe)
-    tokenizer = load_tokenizer(recipe.model)
-    data = load_data(recipe.data, "unpaired")
-    train = data.train if not data.train or "label" in data.train[0] else to_unpaired(data.train)
-    train = [{k: r[k] for k in ("prompt", "completion", "label")} for r in train]
-    eval_pairs = [r for r in data.eval if "chosen" in r]
-    return _train(recipe, KTOTrainer, train, eval_pairs, data, tokenizer, mode)

@@ -52,18 +52,33 @@ def _stage_folder(folder: Path) -> None:
     (folder / "model" / "config.json").write_text('{"model_type": "llama", "max_position_embeddings": 4096}')
 
 
+def _hub_cache_entry(cache: Path, repo_id: str) -> None:
+    """What a first online run leaves in the Hugging Face cache for a Hub model: its config.json (no weights)."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    (repo / "snapshots" / ("0" * 40)).mkdir(parents=True, exist_ok=True)
+    (repo / "snapshots" / ("0" * 40) / "config.json").write_text('{"model_type": "llama"}')
+
+
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(ROOT / "recipes")))
 def test_recipe_passes_the_full_check(path, shared, tmp_path, monkeypatch):
-    """`align-kit train RECIPE --check` passes every shipped recipe, with the shared data in place and the
-    output folders of the stages it builds on (runs/<family>/sft, .../reward) written, as after those runs."""
+    """`align-kit train RECIPE --check` passes every shipped recipe, with the shared data in place, the output
+    folders of the stages it builds on (runs/<family>/sft, .../reward) written, as after those runs, and its Hub
+    model in the (offline) Hugging Face cache, as after a first online run."""
+    import huggingface_hub.constants
+
     from align_kit.cli import main
 
     monkeypatch.setenv("ALIGN_KIT_SHARED", str(shared))
     monkeypatch.chdir(tmp_path)  # runs/... in the recipes is relative to the working directory
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub_cache"))
     raw = load_recipe(path, inputs=False)
     for value in (raw.model.name_or_path, getattr(raw.options, "reward_model", None)):
         if value and value.startswith("runs/"):
             _stage_folder(tmp_path / value)
+        elif value and value.count("/") == 1 and not value.startswith((".", "/", "$")):  # a Hub id
+            _hub_cache_entry(tmp_path / "hub_cache", value)
     if "{name: gsm8k," in path.read_text():  # no copy ships (data_cards/gsm8k.md): a stand-in where the card looks
         (tmp_path / "data" / "gsm8k").mkdir(parents=True)
         for split in ("train", "test"):

@@ -96,6 +96,12 @@ CASES = [
     ("sft_cached_hub_model_ships_code", "sft", [("model.name_or_path", "someone/coded-model")],
      ["model.name_or_path", "'someone/coded-model' ships its own Python code", "modeling_coded.py",
       "found model.trust_remote_code: false", "expected true"]),
+    ("sft_hub_model_not_cached_offline", "sft", [("model.name_or_path", "someone/uncached-model")],
+     ["model.name_or_path", "'someone/uncached-model'", "expected a local checkpoint folder or a Hub id in the local "
+      "Hugging Face cache", "HF_HUB_OFFLINE is set", "run once online", "set model.name_or_path to a local folder"]),
+    ("dpo_hub_model_cached_at_another_revision", "dpo",
+     [("model.name_or_path", "someone/plain-model"), ("model.revision", "v2")],
+     ["model.name_or_path", "'someone/plain-model' at revision 'v2'", "HF_HUB_OFFLINE is set"]),
     ("sft_model_type_without_family", "sft", [("model.name_or_path", "{tmp}/bert")],
      ["model.family", "model_type 'bert' is not a known family", "set model.family to one of"]),
     ("sft_data_file_missing", "sft", [("data.train", [{"path": "{tmp}/missing.jsonl"}])],
@@ -164,7 +170,13 @@ def inputs(tmp_path, monkeypatch):
     (repo / "snapshots" / ("0" * 40) / "config.json").write_text(json.dumps(
         {"model_type": "coded", "auto_map": {"AutoConfig": "configuration_coded.CodedConfig",
                                              "AutoModelForCausalLM": "modeling_coded.CodedForCausalLM"}}))
+    plain = cache / "models--someone--plain-model"  # a Hub checkpoint cached by an earlier online run
+    (plain / "refs").mkdir(parents=True)
+    (plain / "refs" / "main").write_text("1" * 40)
+    (plain / "snapshots" / ("1" * 40)).mkdir(parents=True)
+    (plain / "snapshots" / ("1" * 40) / "config.json").write_text(json.dumps({"model_type": "llama"}))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # as CI and the tests' conftest set it
     for name in ("sft", "reward"):
         (tmp_path / name / "model").mkdir(parents=True)
         (tmp_path / name / "model" / "config.json").write_text(json.dumps({"model_type": "llama"}))
@@ -259,6 +271,27 @@ def test_a_valid_run_does_reach_the_loaders(inputs, loads, capsys):
     with pytest.raises(Loaded):
         main(["train", path])
     assert loads == ["load_tokenizer"]
+
+
+def test_a_hub_model_id_passes_offline_when_cached_and_online_without_a_network_call(inputs, capsys, monkeypatch):
+    """The negative controls of the uncached-id cases: offline, a Hub id whose config.json is in the local cache
+    passes, and so does a local folder; online, an id in no cache passes --check (the load downloads it) and
+    the check makes no network call (every socket connection fails here)."""
+    import socket
+
+    import huggingface_hub.constants
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("--check tried to reach the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    for name in ("someone/plain-model", str(inputs / "sft" / "model")):
+        path = _write(_set(_base("sft", inputs), "model.name_or_path", name), inputs)
+        assert main(["train", path, "--check"]) == 0, capsys.readouterr().err
+    path = _write(_set(_base("sft", inputs), "model.name_or_path", "someone/uncached-model"), inputs)
+    assert "someone/uncached-model" in _error_line(["train", path, "--check"], capsys)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    assert main(["train", path, "--check"]) == 0, capsys.readouterr().err
 
 
 def test_check_may_come_after_the_overrides(inputs, capsys):

@@ -94,6 +94,15 @@ def test_loss_names_are_exactly_the_ones_trl_implements():
     assert set(re.findall(r'loss_type == "(\w+)"', source)) == set(dpo.LOSS_TYPES)
 
 
+def test_kto_loss_names_are_exactly_trls_and_live_in_the_kto_stage():
+    from trl import KTOConfig
+
+    from align_kit.stages import kto
+
+    assert set(kto.KTO_LOSS_TYPES) == set(KTOConfig.__dataclass_fields__["loss_type"].metadata["choices"])
+    assert not hasattr(dpo, "KTO_LOSS_TYPES") and not hasattr(dpo, "run_kto")
+
+
 def test_bad_options_fail_before_any_model_loads(tmp_path):
     data = write_pairs(tmp_path / "p.jsonl", PAIRS)
     with pytest.raises(ConfigError, match=r"unknown DPO loss 'simpo'.*sigmoid, hinge, ipo, exo_pair"):

@@ -117,3 +117,51 @@ def test_run_report_plots_every_other_logged_value_that_changes(tmp_path):
     for rel in linked:
         assert_png(tmp_path / "grpo" / rel)
     assert "| entropy | 5 | 1.9 | 1.5 | 1.5 | 1.9 |" in md and "kl_coef" not in md and "time_generate" not in md
+
+
+def _torn_reads(root, monkeypatch, writer=None) -> tuple[int, int]:
+    """(torn, total) reads of ``report.md`` by a thread reading it while the pipeline report is rewritten 40
+    times, alternately after its first stage and after all 400 (as a pipeline and a rerun over its folder do)."""
+    import threading
+
+    import align_kit.report as report
+
+    if writer is not None:
+        monkeypatch.setattr(report, "write_text", writer)
+    stages = [{"name": f"s{i}", "status": "done"} for i in range(400)]  # ~36 KB: no logs, no evaluations
+    write_pipeline_report(root, stages)
+    torn, reads, stop = [], [0], threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            text = (root / "report.md").read_text(encoding="utf-8")
+            reads[0] += 1
+            rows, sections = text.count("| done |"), text.count("\n## Stage ")
+            if rows not in (1, 400) or rows != sections or not text.endswith("No training metrics were logged.\n"):
+                torn.append(len(text))
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for i in range(40):
+            write_pipeline_report(root, stages[: 1 if i % 2 else 400])
+    finally:
+        stop.set()
+        thread.join()
+    return len(torn), reads[0]
+
+
+def test_a_reader_never_sees_a_report_being_rewritten(tmp_path, monkeypatch):
+    """report.md and evals.json are replaced whole (temp file + rename): a test or a user reading a pipeline's
+    report while a stage rewrites it gets the old report or the new one. Negative control: written in place
+    (``Path.write_text``, as before), the same reader catches truncated reports (measured: ~1 read in 20)."""
+    torn, reads = _torn_reads(tmp_path / "atomic", monkeypatch)
+    assert reads > 40 and torn == 0, (torn, reads)
+    assert sorted(p.name for p in (tmp_path / "atomic").iterdir()) == ["evals.json", "report.md"]  # no temp left
+
+    def in_place(path, text):
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    torn, reads = _torn_reads(tmp_path / "in_place", monkeypatch, in_place)
+    assert torn > 0, f"the reader never caught an in-place rewrite in {reads} reads: the test has lost its power"
