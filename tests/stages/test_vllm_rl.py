@@ -63,7 +63,7 @@ def test_ppo_with_vllm_runs_to_the_end_and_resumes_after_a_kill(tmp_path, monkey
 @pytest.mark.xdist_group("quickstart")  # after the pipeline, on its worker: the other one never waits on its lock
 def test_grpo_with_vllm_lifts_the_quickstart_verifier(quickstart, tmp_path):
     """recipes/tiny/grpo.yaml with rollout.engine vllm and a TIS cap of 2: held-out greedy verifier accuracy rises
-    by the margin the hf engine's test asks (0.05; over seeds hf lifted it by +0.091 to +0.271), the engine and
+    by the margin the hf engine's test asks (0.05; over seeds hf lifted it by +0.092 to +0.271), the engine and
     policy agree on their samples' log-probs, and the engine process is gone at the end. The before/after
     evaluation generates through the run's engine: before training it gives the SFT model the accuracy
     transformers gave it on the same held-out prompts (the SFT stage's eval.json), and its sampled figures
