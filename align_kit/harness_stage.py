@@ -19,6 +19,7 @@ import json
 import logging
 from pathlib import Path
 
+from align_kit.data.io import write_text
 from align_kit.errors import ConfigError
 from align_kit.harness import RESULTS, evaluate_model, load_tasks, read_results, settings, task_documents
 
@@ -103,7 +104,7 @@ def run_for_stage(recipe, out: str | Path | None = None) -> dict | None:
     result = {"settings": sig, "start": Path(start).name if Path(start).exists() else start,
               "before": before, "after": after,
               "contamination": contamination(training_rows(recipe), task_documents(tasks, args.limit))}
-    (out / RESULTS).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    write_text(out / RESULTS, json.dumps(result, indent=2) + "\n")
     _add_to_run_files(out, result)
     return result
 
@@ -180,7 +181,7 @@ def _add_to_run_files(out: Path, result: dict) -> None:
     evals_file = out / "evals.json"
     evals = json.loads(evals_file.read_text(encoding="utf-8")) if evals_file.is_file() else []
     evals = [r for r in evals if r.get("task") != "benchmark"] + records(result)
-    evals_file.write_text(json.dumps(evals, indent=2) + "\n", encoding="utf-8")
+    write_text(evals_file, json.dumps(evals, indent=2) + "\n")
     append_section(out / "report.md", [(out.name, result)])
 
 
@@ -190,4 +191,4 @@ def append_section(report: Path, runs: list[tuple[str, dict]]) -> None:
         return
     text = report.read_text(encoding="utf-8") if report.is_file() else ""
     head = text.split("\n## Benchmarks (lm-evaluation-harness)", 1)[0].rstrip("\n")
-    report.write_text((head + "\n\n" if head else "") + "\n".join(section(runs)) + "\n", encoding="utf-8")
+    write_text(report, (head + "\n\n" if head else "") + "\n".join(section(runs)) + "\n")

@@ -9,6 +9,10 @@ generations = 32 episodes per step, one update per step, a regex verifier as the
 warm-up step first (it holds the vLLM engine's start, reported separately), then ``--steps`` timed steps.
 Reported per engine: episodes/s over the timed steps, the generation share of a step, the median weight-sync
 seconds (vLLM), the mean response length and the engine/policy log-prob gap.
+
+``--evaluation N`` also times the RL stage's own evaluation (``ppo.evaluate.evaluate_policy``, greedy) of the same
+model on N held-out prompts with each engine: transformers' ``generate`` in batches of 32, and the vLLM server
+(its start reported apart), and checks the two give the same answer lengths and ended share.
 """
 
 from __future__ import annotations
@@ -79,11 +83,43 @@ def run_engine(engine: str, folder: Path, tok, args) -> dict:
     return result
 
 
+def run_evaluation(folder: Path, tok, args) -> dict:
+    """Seconds of one greedy evaluation of ``args.evaluation`` prompts, hf against a started vLLM engine."""
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM
+
+    from align_kit.engines.vllm_engine import VLLMEngine
+    from align_kit.ppo.evaluate import evaluate_policy
+
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    texts = [f"Held-out question {i}: spell the word number {i} backwards." for i in range(args.evaluation)]
+    prompts = [[tok.bos_token_id] + tok(t, add_special_tokens=False).input_ids for t in texts]
+    models = SimpleNamespace(has_reward_model=False)
+    stops = [tok.eos_token_id]
+    clock = time.perf_counter()
+    hf = evaluate_policy(models, model, None, tok, prompts, texts, stops, args.max_new_tokens)
+    hf_s = time.perf_counter() - clock
+    clock = time.perf_counter()
+    with VLLMEngine(model, max(map(len, prompts)) + args.max_new_tokens, seed=0, kv_cache_gib=0.25) as engine:
+        start_s = time.perf_counter() - clock
+        clock = time.perf_counter()
+        vllm = evaluate_policy(models, model, None, tok, prompts, texts, stops, args.max_new_tokens, engine=engine)
+        vllm_s = time.perf_counter() - clock
+    same = all(hf[k] == vllm[k] for k in ("ended", "response_length", "prompts"))
+    return {"evaluation_prompts": len(prompts), "response_length": round(hf["response_length"], 1),
+            "hf_s": round(hf_s, 1), "vllm_s": round(vllm_s, 1), "vllm_engine_start_s": round(start_s, 1),
+            "speedup": round(hf_s / vllm_s, 1), "speedup_with_start": round(hf_s / (vllm_s + start_s), 1),
+            "same_lengths_and_ended": same}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--engines", nargs="+", default=["hf", "vllm"])
+    parser.add_argument("--engines", nargs="*", default=["hf", "vllm"], help="none: only --evaluation")
+    parser.add_argument("--evaluation", type=int, default=0, metavar="N",
+                        help="also time the RL stage's greedy evaluation of N prompts with each engine")
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     folder = Path(tempfile.mkdtemp(prefix="bench_rollout_model_"))
@@ -93,6 +129,11 @@ def main() -> None:
         print(json.dumps(r))
     if len(results) == 2:
         print(f"vllm / hf episodes/s: {results[1]['episodes_per_s'] / results[0]['episodes_per_s']:.1f}x")
+    if args.evaluation:
+        evaluation = run_evaluation(folder, tok, args)
+        print(json.dumps(evaluation))
+        print(f"evaluation, vllm / hf: {evaluation['speedup']:.1f}x ({evaluation['speedup_with_start']:.1f}x with the "
+              f"engine's start)")
 
 
 if __name__ == "__main__":  # the vLLM engine's server spawns processes
