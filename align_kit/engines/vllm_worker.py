@@ -66,6 +66,11 @@ class Server:
             generation_config="vllm",  # no defaults read from the checkpoint: every setting comes from the trainer
             enforce_eager=settings.get("enforce_eager", True),
             max_num_seqs=settings.get("max_num_seqs", 256),
+            # Every prompt prefilled in one step. A chunked prefill samples a token it then discards, and rewinds
+            # that row's seeded generator, which vLLM's CPU generators refuse ("CPU Generator does not use
+            # offset"): 128 seeded rows of 20 tokens crashed the engine with chunking on.
+            enable_chunked_prefill=False,
+            max_num_batched_tokens=max(settings["max_model_len"], 4096),
         )
         self.start_seconds = time.perf_counter() - clock
 

@@ -260,3 +260,16 @@ def test_rl_evaluation_answers_through_the_engine_as_the_policy_does(engine, tok
     assert {k: first[k] for k in greedy} == {k: hf[k] for k in greedy}
     assert 0 < hf["verifier_accuracy"] < 1 and hf["response_length"] > 1  # figures that can differ
     assert first == second and first["samples_per_prompt"] == 3 and "sampled_verifier_accuracy" in first
+
+
+def test_many_seeded_rows_at_once_sample_reproducibly(engine, prompts):
+    """240 sampled rows, each with its own seed, 7,000+ prompt tokens in one call: more than one scheduler
+    step's token budget (4,096), which with chunked prefill crashed vLLM's CPU sampler ("CPU Generator does not
+    use offset"); the worker prefills every prompt whole. The same call twice draws the same tokens."""
+    rows = [p + p[1:] for p in prompts] * 12  # 240 rows of 20-80 tokens
+    assert sum(map(len, rows)) > 4096
+    seeds = row_seeds(0, 3, 0, len(rows))
+    first, _ = engine.generate(rows, seeds, max_new_tokens=8, temperature=1.0, stop_ids=[STOP])
+    second, _ = engine.generate(rows, seeds, max_new_tokens=8, temperature=1.0, stop_ids=[STOP])
+    assert first == second and len(first) == 240 and all(first)
+    assert len({tuple(t) for t in first[:20]}) > 1  # distinct prompts, distinct samples: not one row repeated
