@@ -27,14 +27,14 @@ import time
 from pathlib import Path
 
 
-def build_policy(folder: Path):
+def build_policy(folder: Path, hidden: int = 256, layers: int = 2, vocab: int = 4096):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from align_kit.quickstart.model import build_tokenizer
 
     tok = build_tokenizer()
-    cfg = LlamaConfig(vocab_size=4096, hidden_size=256, intermediate_size=768, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=3 * hidden, num_hidden_layers=layers,
+                      num_attention_heads=hidden // 64, num_key_value_heads=hidden // 64, max_position_embeddings=1024,
                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
                       tie_word_embeddings=True)
     import torch
@@ -124,6 +124,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--prompts", type=int, default=8, help="prompts per step")
+    parser.add_argument("--hidden", type=int, default=256, help="model width (heads of 64)")
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--vocab", type=int, default=4096)
     parser.add_argument("--generations", type=int, default=4, help="responses per prompt")
     parser.add_argument("--engines", nargs="*", default=["hf", "vllm"], help="none: only --evaluation")
     parser.add_argument("--evaluation", type=int, default=0, metavar="N",
@@ -131,7 +134,7 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     folder = Path(tempfile.mkdtemp(prefix="bench_rollout_model_"))
-    tok = build_policy(folder)
+    tok = build_policy(folder, args.hidden, args.layers, args.vocab)
     results = [run_engine(engine, folder, tok, args) for engine in args.engines]
     for r in results:
         print(json.dumps(r))
