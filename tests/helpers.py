@@ -79,3 +79,18 @@ def with_overrides(raw: dict, over: dict) -> dict:
         else:
             raw[section] = value
     return raw
+
+
+def cache_hub_models(monkeypatch, cache: Path, *repo_ids: str) -> None:
+    """Point the Hugging Face cache at ``cache`` and leave in it what a first online run leaves for each Hub
+    model: its config.json (no weights). An offline ``--check`` then finds the ids cached, as on a user's machine
+    after that first run."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    for repo_id in repo_ids:
+        repo = cache / f"models--{repo_id.replace('/', '--')}"
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / "main").write_text("0" * 40)
+        (repo / "snapshots" / ("0" * 40)).mkdir(parents=True, exist_ok=True)
+        (repo / "snapshots" / ("0" * 40) / "config.json").write_text('{"model_type": "llama"}')

@@ -74,8 +74,8 @@ def check_options(recipe, valid: tuple[str, ...]) -> None:
             raise ConfigError(f"trainer.loss_type: unknown {recipe.stage.upper()} loss {name!r}; "
                               f"TRL {recipe.stage.upper()} has: {', '.join(valid)}")
     if recipe.trainer.get("precompute_ref_log_probs") is not None:
-        raise ConfigError("trainer.precompute_ref_log_probs: set dpo.reference: precomputed instead (align_kit "
-                          "then caches the reference log-probs in the output folder)")
+        raise ConfigError(f"trainer.precompute_ref_log_probs: set {recipe.stage}.reference: precomputed instead "
+                          "(align_kit then caches the reference log-probs in the output folder)")
     if recipe.data is None:
         raise ConfigError(f"data: the {recipe.stage} stage needs preference data (data.train)")
     reference_mode(recipe)

@@ -66,19 +66,19 @@ def test_recipe_passes_the_full_check(path, shared, tmp_path, monkeypatch):
     """`align-kit train RECIPE --check` passes every shipped recipe, with the shared data in place, the output
     folders of the stages it builds on (runs/<family>/sft, .../reward) written, as after those runs, and its Hub
     model in the (offline) Hugging Face cache, as after a first online run."""
-    import huggingface_hub.constants
+    from helpers import cache_hub_models
 
     from align_kit.cli import main
 
     monkeypatch.setenv("ALIGN_KIT_SHARED", str(shared))
     monkeypatch.chdir(tmp_path)  # runs/... in the recipes is relative to the working directory
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub_cache"))
+    cache_hub_models(monkeypatch, tmp_path / "hub_cache")
     raw = load_recipe(path, inputs=False)
     for value in (raw.model.name_or_path, getattr(raw.options, "reward_model", None)):
         if value and value.startswith("runs/"):
             _stage_folder(tmp_path / value)
         elif value and value.count("/") == 1 and not value.startswith((".", "/", "$")):  # a Hub id
-            _hub_cache_entry(tmp_path / "hub_cache", value)
+            cache_hub_models(monkeypatch, tmp_path / "hub_cache", value)
     if "{name: gsm8k," in path.read_text():  # no copy ships (data_cards/gsm8k.md): a stand-in where the card looks
         (tmp_path / "data" / "gsm8k").mkdir(parents=True)
         for split in ("train", "test"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -115,6 +116,11 @@ def test_bad_options_fail_before_any_model_loads(tmp_path):
         tiny_recipe(tmp_path, "builtin:tiny-llama", data, trainer__precompute_ref_log_probs=True)
     ok = tiny_recipe(tmp_path, "builtin:tiny-llama", data, trainer__loss_type=["sigmoid", "sft"])
     assert dpo.reference_mode(ok) == "copy"
+    from align_kit.config import load_recipe  # KTO shares the check and names its own block
+
+    with pytest.raises(ConfigError, match="set kto.reference: precomputed"):
+        load_recipe(Path(__file__).parents[2] / "recipes" / "tiny" / "kto.yaml",
+                    ["trainer.precompute_ref_log_probs=true"], inputs=False)
     lora = tiny_recipe(tmp_path, "builtin:tiny-llama", data, peft={"r": 4})
     assert dpo.reference_mode(lora) == "adapter"
 

@@ -244,9 +244,15 @@ def test_options_are_checked_before_the_model_loads(shared, tmp_path):
         make_recipe(shared, tmp_path, wiki=0, chinese=50, block=1024)  # read from config.json: no load
 
 
-def test_shipped_pretrain_recipes_load(monkeypatch):
+def test_shipped_pretrain_recipes_load(monkeypatch, tmp_path):
+    """Every shipped pretraining recipe loads with its inputs checked: the shared data, and its Hub model in the
+    (offline) Hugging Face cache as after a first online run."""
+    from helpers import cache_hub_models
+
     monkeypatch.setenv("ALIGN_KIT_SHARED", str(ROOT.parent / "shared"))
     shipped = sorted((ROOT / "recipes").glob("*/pretrain*.yaml"))
+    hub_ids = [load_recipe(p, inputs=False).model.name_or_path for p in shipped]
+    cache_hub_models(monkeypatch, tmp_path / "hub_cache", *[i for i in hub_ids if not i.startswith("builtin:")])
     names = [f"{p.parent.name}/{p.name}" for p in shipped]
     assert names == ["glm4-9b/pretrain_qlora.yaml", "llama2-7b/pretrain_lora_zh_vocab.yaml",
                      "llama3-8b/pretrain_qlora.yaml", "mistral-7b/pretrain_qlora_zh_vocab.yaml",
