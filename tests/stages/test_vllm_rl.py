@@ -81,7 +81,8 @@ def test_grpo_with_vllm_lifts_the_quickstart_verifier(quickstart, tmp_path):
     before, after = evals["before"]["verifier_accuracy"], evals["after"]["verifier_accuracy"]
     assert after >= before + 0.05, (before, after)
     assert evals["generated_by"] == "vllm"
-    assert before == json.loads((quickstart / "sft" / "eval.json").read_text())["after"]["verifier_accuracy"]
+    hf_before = json.loads((quickstart / "sft" / "eval.json").read_text())["after"]["verifier_accuracy"]
+    assert abs(before - hf_before) <= 2 / 240  # equal here; another CPU's kernels may flip a near-tie or two
     assert all(evals[k]["samples_per_prompt"] == 2 and 0 < evals[k]["sampled_verifier_accuracy"] <= 1
                for k in ("before", "after"))
     rows = logs(out)

@@ -47,14 +47,17 @@ def test_sft_verifier_through_the_engine_equals_transformers(quickstart, tmp_pat
     evals = json.loads((out / "eval.json").read_text())
     assert evals["generated_by"] == "vllm"
     hf_before = json.loads((quickstart / "sft" / "eval.json").read_text())["after"]["verifier_accuracy"]
-    assert evals["before"]["verifier_accuracy"] == hf_before > 0.5
+    # Equal on the machine this was written on (AMD EPYC, AVX2: the same answer to all 240 prompts); another CPU's
+    # kernels may flip a near-tie between two tokens, so up to 2 of the 240 answers may differ (a stale or wrong
+    # model in the engine moves hundreds: the untrained model scores 0).
+    assert abs(evals["before"]["verifier_accuracy"] - hf_before) <= 2 / 240 and hf_before > 0.5
 
     model_dir = out / "model"
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     tokenizer = load_tokenizer(ModelArgs(name_or_path=str(model_dir)))
     prompts = _held_out_prompts(recipe)
     hf_after = task_accuracy(model, tokenizer, prompts, verify, recipe.options.verifier_max_new_tokens)["accuracy"]
-    assert evals["after"]["verifier_accuracy"] == hf_after
+    assert abs(evals["after"]["verifier_accuracy"] - hf_after) <= 2 / 240
     print(f"SFT verifier through vllm {evals['before']['verifier_accuracy']:.3f} -> "
           f"{evals['after']['verifier_accuracy']:.3f} (transformers: {hf_before:.3f} -> {hf_after:.3f})")
 
