@@ -94,3 +94,44 @@ def cache_hub_models(monkeypatch, cache: Path, *repo_ids: str) -> None:
         (repo / "refs" / "main").write_text("0" * 40)
         (repo / "snapshots" / ("0" * 40)).mkdir(parents=True, exist_ok=True)
         (repo / "snapshots" / ("0" * 40) / "config.json").write_text('{"model_type": "llama"}')
+
+
+def quickstart_lm(texts: int, keep=None, steps: int = 40):
+    """The builtin quickstart model after ``steps`` plain language-model steps (16 rows each, AdamW 3e-3, seed 0)
+    on the first ``texts`` chat-templated quickstart training conversations that ``keep(row)`` accepts: a model
+    that answers some prompts right and some wrong. Returns ``(model in eval mode, tokenizer)``."""
+    import json
+
+    import torch
+
+    from align_kit.config import ModelArgs
+    from align_kit.models import load_model, load_tokenizer
+
+    torch.manual_seed(0)
+    args = ModelArgs(name_or_path="builtin:tiny-llama")
+    tok = load_tokenizer(args)
+    model = load_model(args, tok)
+    source = Path(__file__).resolve().parents[1] / "align_kit/quickstart/sft_train.jsonl"
+    rows = [json.loads(line) for line in source.open()]
+    chosen = [tok.apply_chat_template(r["messages"], tokenize=False) for r in rows if keep is None or keep(r)][:texts]
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for step in range(steps):
+        enc = tok(chosen[step * 16 % texts:][:16], return_tensors="pt", padding=True, add_special_tokens=False)
+        model(**enc, labels=enc.input_ids.masked_fill(enc.attention_mask == 0, -100)).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return model.eval(), tok
+
+
+def require_vllm() -> None:
+    """Skip the calling test, saying why, where the vLLM environment is absent (``.ci/run`` creates it)."""
+    import pytest
+
+    from align_kit.engines.vllm_engine import vllm_python
+    from align_kit.errors import ConfigError
+
+    try:
+        vllm_python()
+    except ConfigError as exc:
+        pytest.skip(f"the vLLM environment is absent ({exc}); .ci/run creates it, so CI runs this test")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import require_vllm
 
 from align_kit.engines import logprob_gap, right_pad, row_seeds
 from align_kit.engines.vllm_engine import VLLMEngine, full_state_dict, vllm_python
@@ -16,13 +17,6 @@ from align_kit.ppo.modelset import causal_logits
 
 MAX_NEW = 24
 STOP = 3  # <|eot_id|> of the quickstart tokenizer
-
-
-def _python_or_skip():
-    try:
-        return vllm_python()
-    except ConfigError as exc:
-        pytest.skip(f"the vLLM environment is absent ({exc}); .ci/run creates it, so CI runs this test")
 
 
 def llama(tokenizer, seed: int):
@@ -51,7 +45,7 @@ def prompts(tokenizer):
 
 @pytest.fixture(scope="module")
 def engine(tokenizer):
-    _python_or_skip()
+    require_vllm()
     with VLLMEngine(llama(tokenizer, seed=0), max_model_len=128, seed=0, kv_cache_gib=0.0625) as eng:
         yield eng
 

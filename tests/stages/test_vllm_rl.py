@@ -15,19 +15,14 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "reliability"))
 import harness  # noqa: E402  (the kill/resume harness of tests/reliability)
-
-from align_kit.engines.vllm_engine import vllm_python  # noqa: E402
-from align_kit.errors import ConfigError  # noqa: E402
+from helpers import require_vllm  # noqa: E402
 
 HERE = Path(__file__).parent
 
 
 @pytest.fixture(autouse=True)
 def needs_vllm():
-    try:
-        vllm_python()
-    except ConfigError as exc:
-        pytest.skip(f"the vLLM environment is absent ({exc}); .ci/run creates it, so CI runs this test")
+    require_vllm()
 
 
 def logs(out: Path) -> list[dict]:

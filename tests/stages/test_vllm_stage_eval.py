@@ -10,19 +10,14 @@ import json
 from pathlib import Path
 
 import pytest
-
-from align_kit.engines.vllm_engine import vllm_python
-from align_kit.errors import ConfigError
+from helpers import require_vllm
 
 RECIPES = Path(__file__).parents[2] / "recipes"
 
 
 @pytest.fixture(autouse=True)
 def needs_vllm():
-    try:
-        vllm_python()
-    except ConfigError as exc:
-        pytest.skip(f"the vLLM environment is absent ({exc}); .ci/run creates it, so CI runs this test")
+    require_vllm()
 
 
 @pytest.mark.xdist_group("quickstart")  # reads the session's quickstart pipeline, on its worker

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 pytest.importorskip("lm_eval", reason="lm-evaluation-harness is not installed (pip install 'align-kit[eval]')")
 
@@ -51,24 +50,9 @@ def _quiz_rows() -> list[dict]:
 @pytest.fixture(scope="module")
 def trained():
     """The builtin model after 40 steps on 'Contains z?' conversations: it answers some right, some wrong."""
-    from align_kit.config import ModelArgs
-    from align_kit.models import load_model, load_tokenizer
+    from helpers import quickstart_lm
 
-    torch.manual_seed(0)
-    args = ModelArgs(name_or_path="builtin:tiny-llama")
-    tok = load_tokenizer(args)
-    model = load_model(args, tok)
-    rows = [json.loads(line) for line in (ROOT / "align_kit/quickstart/sft_train.jsonl").open()]
-    texts = [tok.apply_chat_template(r["messages"], tokenize=False) for r in rows
-             if r["messages"][0]["content"].startswith("Contains")][:320]
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    model.train()
-    for step in range(40):
-        enc = tok(texts[step * 16 % 320:][:16], return_tensors="pt", padding=True, add_special_tokens=False)
-        model(**enc, labels=enc.input_ids.masked_fill(enc.attention_mask == 0, -100)).loss.backward()
-        opt.step()
-        opt.zero_grad()
-    return model.eval(), tok
+    return quickstart_lm(320, keep=lambda r: r["messages"][0]["content"].startswith("Contains"))
 
 
 def test_harness_accuracy_equals_align_kit_verifier_metric(trained):

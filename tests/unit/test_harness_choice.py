@@ -30,23 +30,9 @@ QUESTIONS = [  # long enough for the 13-word decontamination rule
 def trained():
     """The builtin model after 40 steps on quickstart conversations of both kinds: some choices right, some
     wrong (acc 0.375 on the first 24 held-out rows when written)."""
-    from align_kit.config import ModelArgs
-    from align_kit.models import load_model, load_tokenizer
+    from helpers import quickstart_lm
 
-    torch.manual_seed(0)
-    args = ModelArgs(name_or_path="builtin:tiny-llama")
-    tok = load_tokenizer(args)
-    model = load_model(args, tok)
-    rows = [json.loads(line) for line in (ROOT / "align_kit/quickstart/sft_train.jsonl").open()][:640]
-    texts = [tok.apply_chat_template(r["messages"], tokenize=False) for r in rows]
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    model.train()
-    for step in range(40):
-        enc = tok(texts[step * 16 % 640:][:16], return_tensors="pt", padding=True, add_special_tokens=False)
-        model(**enc, labels=enc.input_ids.masked_fill(enc.attention_mask == 0, -100)).loss.backward()
-        opt.step()
-        opt.zero_grad()
-    return model.eval(), tok
+    return quickstart_lm(640)
 
 
 def reference_loglikelihoods(model, tok, context: str, choices: list[str], delimiter: str) -> list[float]:
